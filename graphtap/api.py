@@ -1,0 +1,204 @@
+"""The public operations: list what can be tapped, and tap it."""
+
+import dataclasses
+import json
+import os
+
+from graphtap import check, errors, io, protos
+from graphtap.index import GraphIndex, node_of
+from graphtap.keys import assign_keys
+from graphtap.rewrite import SignatureObjects, Tap, TapRewrite
+from graphtap.select import parse_name_selectors, select
+
+MANIFEST = os.path.join("assets.extra", "graphtap.json")
+INIT_OP_SIGNATURE = "__saved_model_init_op"
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclasses.dataclass(frozen=True)
+class TapRecord:
+    """One tap as written to the manifest: where it comes from and how to fetch it."""
+
+    signature: str  # None for a GraphDef
+    key: str  # output key in the signature (for a GraphDef, the Identity's name)
+    function: str  # function holding the Identity (None: the outer graph)
+    node: str  # the tapped node, and which of its outputs
+    output: int
+    op: str
+    dtype: str
+    shape: list  # dims, -1 where unknown; None when even the rank is unknown
+    tensor: str  # what the signature output names in the graph
+    call_path: list  # call nodes from the outer graph down to `function`
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What `tap` did."""
+
+    input: str
+    output: str
+    taps: tuple  # TapRecord
+    already_tapped: tuple  # names of selected tensors that earlier taps already expose
+
+    @property
+    def output_names(self):
+        """For a GraphDef output: the node names to fetch (a converter's output_arrays)."""
+        return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
+
+
+def tap(
+    input_path,
+    output_path,
+    names=None,
+    ops=None,
+    signatures=None,
+    mode="extend",
+    tag_set="serve",
+    tapped_signature=None,
+    overwrite=False,
+):
+    """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
+    extra outputs, and returns a Report.
+
+    names: regexes full-matched against tensor names as `list_targets` shows them
+      (`node`, or `node:k` for output k > 0); `pattern=key`, or a dict {pattern: key},
+      chooses the key.
+    ops: op types; every output of every op of these types.
+    signatures: signature key(s) to tap; default `serving_default`, or the only one.
+    mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
+      `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
+    tag_set: tags of the meta graph to tap, comma-separated.
+    """
+    if mode not in ("extend", "add"):
+        raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
+    name_selectors = parse_name_selectors(names)
+    ops = [ops] if isinstance(ops, str) else list(ops or ())
+    model = io.read(input_path)
+    io.check_output(input_path, output_path, overwrite)
+    if not model.is_saved_model:
+        return _tap_graph_def(model, output_path, name_selectors, ops, overwrite)
+
+    meta_graph = _meta_graph(model, tag_set)
+    objects = SignatureObjects(meta_graph.object_graph_def) if meta_graph.HasField(
+        "object_graph_def") else None
+    rewrite = TapRewrite(meta_graph.graph_def, meta_graph.signature_def, objects)
+    keys = _signature_keys(meta_graph, signatures, model.path)
+    if mode == "add":
+        if tapped_signature and len(keys) > 1:
+            raise errors.GraphtapError("tapped_signature names one signature; several were given")
+        sources, keys = keys, [tapped_signature or f"{key}_tapped" for key in keys]
+        for source, key in zip(sources, keys):
+            if key not in meta_graph.signature_def:  # else: re-tapping extends it
+                rewrite.add_signature(source, key)
+
+    index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+    taps, already = [], []
+    for key in keys:
+        signature = meta_graph.signature_def[key]
+        roots = [node_of(info.name) for info in signature.outputs.values()]
+        selected = select(index.candidates_from(roots), name_selectors, ops)
+        already += [c.name for c, _ in selected if c.tapped_by]
+        fresh = [(c, k) for c, k in selected if not c.tapped_by]
+        for candidate, tap_key in assign_keys(fresh, signature.outputs.keys()):
+            taps.append(Tap(key, tap_key, candidate))
+    if not taps:
+        raise errors.NothingToTap("every selected tensor is already tapped", model.path)
+    rewrite.apply(taps)
+    check.check_saved_model(meta_graph, objects, keys)
+    records = [_record(t) for t in taps]
+    manifest = _manifest(model.path, records)
+    io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)
+    return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))))
+
+
+def list_targets(input_path, signatures=None, tag_set="serve"):
+    """Every tensor that can be tapped: [index.Candidate], in graph order."""
+    model = io.read(input_path)
+    if not model.is_saved_model:
+        return GraphIndex(model.proto).all_candidates()
+    meta_graph = _meta_graph(model, tag_set)
+    index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+    found = []
+    for key in _signature_keys(meta_graph, signatures, model.path):
+        signature = meta_graph.signature_def[key]
+        found += index.candidates_from([node_of(i.name) for i in signature.outputs.values()])
+    return found
+
+
+def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
+    index = GraphIndex(model.proto)
+    selected = select(index.all_candidates(), name_selectors, ops)
+    already = sorted({c.name for c, _ in selected if c.tapped_by})
+    fresh = [(c, k) for c, k in selected if not c.tapped_by]
+    if not fresh:
+        raise errors.NothingToTap("every selected tensor is already tapped", model.path)
+    taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
+    TapRewrite(model.proto).apply(taps)
+    io.write_graph_def(model.proto, model.path, output_path, overwrite)
+    return Report(model.path, output_path, tuple(_record(t) for t in taps), tuple(already))
+
+
+def _meta_graph(model, tag_set):
+    wanted = set(tag_set.split(",")) if isinstance(tag_set, str) else set(tag_set)
+    wanted.discard("")
+    found = [list(mg.meta_info_def.tags) for mg in model.proto.meta_graphs]
+    for meta_graph, tags in zip(model.proto.meta_graphs, found):
+        if set(tags) == wanted:
+            return meta_graph
+    raise errors.UnknownSignature(
+        f"no meta graph with tags {','.join(sorted(wanted))}; it has "
+        + "; ".join(",".join(tags) for tags in found),
+        model.path,
+    )
+
+
+def _signature_keys(meta_graph, signatures, path):
+    available = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE)
+    if signatures is None:
+        if DEFAULT_SIGNATURE in available:
+            return [DEFAULT_SIGNATURE]
+        if len(available) == 1:
+            return available
+        raise errors.UnknownSignature(
+            f"choose a signature with --signature_def: {', '.join(available) or 'none'}", path
+        )
+    keys = [signatures] if isinstance(signatures, str) else list(signatures)
+    for key in keys:
+        if key not in available:
+            raise errors.UnknownSignature(
+                f"no signature '{key}'; it has {', '.join(available) or 'none'}", path
+            )
+    return keys
+
+
+def _record(tap):
+    c = tap.candidate
+    shape = None
+    if c.shape is not None and not c.shape.unknown_rank:
+        shape = [dim.size for dim in c.shape.dim]
+    return TapRecord(
+        signature=tap.signature,
+        key=tap.key,
+        function=tap.function,
+        node=c.node,
+        output=c.output,
+        op=c.op,
+        dtype=protos.dtype_name(c.dtype),
+        shape=shape,
+        tensor=tap.tensor,
+        call_path=[call.node for call in c.calls],
+    )
+
+
+def _manifest(model_dir, records):
+    """The manifest JSON: the input's taps (from an earlier run) followed by these."""
+    previous = []
+    path = os.path.join(model_dir, MANIFEST)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                previous = json.load(f)["taps"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise errors.CorruptModel("unreadable graphtap manifest", path) from None
+    taps = previous + [dataclasses.asdict(record) for record in records]
+    return (json.dumps({"taps": taps}, indent=2) + "\n").encode("utf-8")

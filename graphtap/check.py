@@ -1,0 +1,82 @@
+"""Consistency checks run on a rewritten meta graph before anything is written.
+
+Each part a loader reads must agree with the others (the internals doc lists what fails
+silently when one is skipped). A failure here is a graphtap bug, reported as such.
+"""
+
+from graphtap import errors
+from graphtap.index import node_of
+from graphtap.opdefs import CALL_OPS, OpRegistry
+from graphtap.rewrite import signature_call_node
+
+
+class InternalError(errors.GraphtapError):
+    """The rewrite produced an inconsistent model: a bug in graphtap."""
+
+
+def check_saved_model(meta_graph, objects, signature_keys):
+    """Checks the functions, call nodes and signatures that `signature_keys` use."""
+    graph_def = meta_graph.graph_def
+    functions = {f.signature.name: f for f in graph_def.library.function}
+    registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
+    outer = {node.name: node for node in graph_def.node}
+    for key in signature_keys:
+        signature = meta_graph.signature_def[key]
+        for output_key, info in signature.outputs.items():
+            node_name, index = info.name.rsplit(":", 1)
+            node = outer.get(node_name)
+            if node is None:
+                _fail(f"signature '{key}' output '{output_key}' names missing node", info.name)
+            outputs = registry.outputs(node)
+            if int(index) >= len(outputs) or outputs[int(index)].dtype != info.dtype:
+                _fail(f"signature '{key}' output '{output_key}' has no such tensor", info.name)
+            _check_call(node, functions, seen=set())
+        if objects is not None and objects.node_id(key) is not None:
+            _check_object_signature(key, signature, objects, functions)
+
+
+def _check_call(node, functions, seen):
+    """A call node's Tout agrees with its callee, whose rets are well-formed; recursively."""
+    callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
+    callee = functions.get(callee_name)
+    if callee is None or callee_name in seen:
+        return
+    seen.add(callee_name)
+    output_types = [arg.type for arg in callee.signature.output_arg]
+    if node.op in CALL_OPS and list(node.attr["Tout"].list.type) != output_types:
+        _fail(f"Tout of call node '{node.name}' disagrees with '{callee_name}'", callee_name)
+    if "_output_shapes" in node.attr and len(node.attr["_output_shapes"].list.shape) != len(
+        output_types
+    ):
+        _fail(f"_output_shapes of call node '{node.name}' has the wrong length", callee_name)
+    names = [arg.name for arg in callee.signature.output_arg]
+    if sorted(names) != sorted(callee.ret):
+        _fail("output args and ret disagree", callee_name)
+    body = {n.name: n for n in callee.node_def}
+    inputs = {arg.name for arg in callee.signature.input_arg}
+    for ref in callee.ret.values():
+        if ref not in inputs and node_of(ref) not in body:
+            _fail(f"ret names missing tensor '{ref}'", callee_name)
+    for inner in callee.node_def:
+        if inner.op in CALL_OPS or inner.op in functions:
+            _check_call(inner, functions, seen)
+
+
+def _check_object_signature(key, signature, objects, functions):
+    """The TF2 loader pairs sorted output keys with the function's outputs by position."""
+    function_name = objects.function_name(key)
+    if function_name not in functions:
+        _fail(f"signature '{key}' points at missing function", function_name)
+    spec = objects.graph.concrete_functions[function_name].output_signature
+    declared = sorted(spec.dict_value.fields)
+    if declared != sorted(signature.outputs):
+        _fail(f"object graph declares outputs {declared} for signature '{key}'", function_name)
+    call_name = signature_call_node(signature)
+    for position, output_key in enumerate(declared):
+        if signature.outputs[output_key].name != f"{call_name}:{position}":
+            _fail(f"output '{output_key}' of '{key}' is not at sorted position {position}",
+                  signature.outputs[output_key].name)
+
+
+def _fail(what, where):
+    raise InternalError(f"graphtap bug, please report: {what}", where)

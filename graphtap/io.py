@@ -1,0 +1,180 @@
+"""Reading models and writing them atomically.
+
+The input is only ever read. Output is assembled in a hidden temporary directory (or
+file) beside its destination and renamed into place once complete, so an interrupted
+run leaves either the whole output or nothing under the output's name.
+"""
+
+import dataclasses
+import os
+import shutil
+import tempfile
+
+from google.protobuf import message, text_format
+
+from graphtap import errors, protos
+
+SAVED_MODEL_PB = "saved_model.pb"
+SAVED_MODEL_PBTXT = "saved_model.pbtxt"
+FINGERPRINT_PB = "fingerprint.pb"
+TEXT_SUFFIXES = (".pbtxt", ".txt")
+
+
+@dataclasses.dataclass
+class Model:
+    """A parsed input: a SavedModel directory or a GraphDef file."""
+
+    path: str
+    proto: object  # protos.SavedModel or protos.GraphDef
+    is_saved_model: bool
+
+
+def read(path):
+    """Parses the SavedModel directory or GraphDef file at `path`."""
+    if not os.path.lexists(path):
+        raise errors.InputNotFound("no such file or directory", path)
+    if os.path.isdir(path):
+        return Model(path, _read_saved_model(path), True)
+    if os.path.basename(path) in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT):
+        return Model(os.path.dirname(path) or ".", _read_saved_model(os.path.dirname(path)), True)
+    graph_def = _parse(path, protos.GraphDef, text=path.endswith(TEXT_SUFFIXES))
+    if not graph_def.node:
+        raise errors.NotAModel("not a SavedModel directory nor a GraphDef with nodes", path)
+    return Model(path, graph_def, False)
+
+
+def _read_saved_model(directory):
+    for name, text in ((SAVED_MODEL_PB, False), (SAVED_MODEL_PBTXT, True)):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path):
+            saved_model = _parse(path, protos.SavedModel, text)
+            if not saved_model.meta_graphs:
+                raise errors.CorruptModel("SavedModel has no meta graph", path)
+            return saved_model
+    raise errors.NotAModel(f"directory has no {SAVED_MODEL_PB}", directory)
+
+
+def _parse(path, message_class, text):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as error:
+        raise errors.NotAModel(f"cannot read: {error.strerror}", path) from None
+    try:
+        if text:
+            return text_format.Parse(data.decode("utf-8"), message_class())
+        return message_class.FromString(data)
+    except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
+        kind = message_class.DESCRIPTOR.name
+        raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
+
+
+def check_output(input_path, output_path, overwrite):
+    """Refuses outputs that would overwrite, or lie inside, or contain the input."""
+    source = os.path.realpath(input_path)
+    target = os.path.realpath(output_path)
+    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+        raise errors.OutputInsideInput("output is the input or lies inside it", output_path)
+    if source.startswith(target.rstrip(os.sep) + os.sep):
+        raise errors.OutputInsideInput("output contains the input", output_path)
+    if os.path.lexists(output_path) and not overwrite:
+        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_path)
+
+
+def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite):
+    """Writes `saved_model` with the input's other files (variables, assets: hard-linked
+    where the filesystem allows) and `extra_files` ({relative path: bytes}).
+
+    `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
+    """
+    check_output(input_dir, output_dir, overwrite)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.graphtap-", dir=parent)
+    try:
+        skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
+        for name in sorted(os.listdir(input_dir)):
+            if name in skip:
+                continue
+            source, target = os.path.join(input_dir, name), os.path.join(staging, name)
+            if os.path.isdir(source):
+                shutil.copytree(source, target, copy_function=_link_or_copy)
+            else:
+                _link_or_copy(source, target)
+        _write_file(os.path.join(staging, SAVED_MODEL_PB), _serialize(saved_model))
+        for relative, data in extra_files.items():
+            path = os.path.join(staging, relative)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.exists(path):
+                os.unlink(path)  # may be a hard link to the input's file
+            _write_file(path, data)
+        _publish_dir(staging, output_dir, overwrite)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_graph_def(graph_def, input_path, output_path, overwrite):
+    """Writes a GraphDef, as text if `output_path` ends in .pbtxt or .txt."""
+    check_output(input_path, output_path, overwrite)
+    if output_path.endswith(TEXT_SUFFIXES):
+        data = text_format.MessageToString(graph_def).encode("utf-8")
+    else:
+        data = _serialize(graph_def)
+    parent = os.path.dirname(os.path.abspath(output_path))
+    os.makedirs(parent, exist_ok=True)
+    fd, staging = tempfile.mkstemp(prefix=f".{os.path.basename(output_path)}.graphtap-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(staging, output_path)
+        else:
+            _link_exclusive(staging, output_path)
+    finally:
+        if os.path.lexists(staging):
+            os.unlink(staging)
+
+
+def _serialize(proto):
+    # Deterministic serialization reproduces TensorFlow's own files byte for byte.
+    return proto.SerializeToString(deterministic=True)
+
+
+def _write_file(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _link_or_copy(source, target):
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+def _link_exclusive(staging, output_path):
+    try:
+        os.link(staging, output_path)  # fails, atomically, if the output appeared meanwhile
+    except FileExistsError:
+        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_path)
+
+
+def _publish_dir(staging, output_dir, overwrite):
+    if os.path.lexists(output_dir):
+        if not overwrite:
+            raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
+        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(staging))
+        os.rename(output_dir, os.path.join(old, "previous"))
+        os.rename(staging, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.rename(staging, output_dir)
+        except OSError:  # an empty directory appeared under the name meanwhile
+            raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)

@@ -1,0 +1,72 @@
+"""Tap keys: the names under which taps appear as signature outputs.
+
+A tap's default key is its tensor's name (`node`, or `node:k` for output k > 0) with every
+character outside `[A-Za-z0-9_]` replaced by `_`, so keys are valid everywhere a client
+meets them (TF Serving JSON, `saved_model_cli --outdir` file names, TFLite signatures).
+A tensor reached through several call paths (one tf.function called from two places)
+gets one tap per path, keyed `<key>__<call nodes that tell the paths apart>`. A default
+key that collides with an existing output or another tap gets `_1`, `_2`, ... appended;
+a key the user chose must be free, or it is an error.
+"""
+
+import collections
+import re
+
+from graphtap import errors
+
+_INVALID_CHARS = re.compile(r"[^A-Za-z0-9_]")
+VALID_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def sanitize(name):
+    return _INVALID_CHARS.sub("_", name)
+
+
+def assign_keys(selected, existing_keys):
+    """[(candidate, chosen key or None)] -> [(candidate, key)], keys unique and new."""
+    by_tensor = collections.defaultdict(list)
+    for candidate, chosen in selected:
+        by_tensor[candidate.tensor_key].append((candidate, chosen))
+    taken = set(existing_keys)
+    for candidate, chosen in selected:
+        if chosen is None:
+            continue
+        if not VALID_KEY.match(chosen):
+            raise errors.BadKey("a key may hold only letters, digits, '_', '.' and '-'", chosen)
+        if chosen in existing_keys:
+            raise errors.BadKey("key is already an output of the signature", chosen)
+    taken.update(chosen for _, chosen in selected if chosen is not None)
+    keyed = {}
+    for group in by_tensor.values():
+        candidate, chosen = group[0]
+        base = chosen or sanitize(candidate.name)
+        suffixes = _path_suffixes([c for c, _ in group])
+        for (candidate, chosen), suffix in zip(group, suffixes):
+            key = base + suffix
+            if chosen is None or suffix:
+                key = _free(key, taken)
+            taken.add(key)
+            keyed[candidate] = key
+    return [(candidate, keyed[candidate]) for candidate, _ in selected]
+
+
+def _path_suffixes(candidates):
+    if len(candidates) == 1:
+        return [""]
+    common = set.intersection(*(set(c.calls) for c in candidates))
+    suffixes = [
+        "__" + "__".join(sanitize(call.node) for call in c.calls if call not in common)
+        for c in candidates
+    ]
+    if len(set(suffixes)) < len(suffixes):
+        suffixes = [f"__path{i}" for i in range(len(candidates))]
+    return suffixes
+
+
+def _free(key, taken):
+    if key not in taken:
+        return key
+    n = 1
+    while f"{key}_{n}" in taken:
+        n += 1
+    return f"{key}_{n}"

@@ -1,0 +1,410 @@
+"""The pass: expose selected tensors as signature outputs.
+
+For each tapped tensor, an `Identity` named `graphtap/<node>` is added beside it, in the
+function that holds it; the Identity becomes an output of that function, and each call
+node on the way up gets one more output (`Tout`, `_output_shapes`) that its caller
+re-exports, until the outer graph's call node carries it and the SignatureDef names it.
+
+Functions are copy-on-write: one that is referred to from anywhere off the tapped paths
+(another signature, a tf.function object in the SavedObjectGraph, a caller that is itself
+copied) is cloned under a new name and only the tapped path is re-pointed at the clone,
+so everything else stays byte-identical.
+
+TF2 loaders flatten a signature's outputs in sorted-key order and pair them with the
+signature function's outputs by position, so the signature function's outputs are kept
+in sorted-key order; SignatureDef tensor names are updated to match.
+"""
+
+import collections
+import dataclasses
+
+from google.protobuf import message
+
+from graphtap import errors
+from graphtap.index import (
+    TAP_PREFIX,
+    call_target,
+    function_attrs,
+    node_of,
+    tensor_ref,
+    unknown_shape,
+)
+from graphtap.opdefs import CALL_OPS
+
+
+@dataclasses.dataclass
+class Tap:
+    """One tensor exposed under one key of one signature (signature None: a GraphDef)."""
+
+    signature: str
+    key: str
+    candidate: object  # index.Candidate
+    tensor: str = None  # graph tensor the signature output names, set by the rewrite
+    identity: str = None  # the Identity node added
+    function: str = None  # function holding the Identity after the rewrite (None: graph)
+
+
+class SignatureObjects:
+    """The SavedObjectGraph side of TF2 signatures: which bare concrete function each
+    signature key points at, and that function's declared outputs."""
+
+    def __init__(self, object_graph):
+        self.graph = object_graph
+        self._signatures_node = None
+        for child in object_graph.nodes[0].children if object_graph.nodes else ():
+            if child.local_name == "signatures":
+                self._signatures_node = object_graph.nodes[child.node_id]
+
+    def _child(self, key):
+        for child in self._signatures_node.children if self._signatures_node else ():
+            if child.local_name == key:
+                return child
+        return None
+
+    def node_id(self, key):
+        child = self._child(key)
+        return None if child is None else child.node_id
+
+    def function_name(self, key):
+        node_id = self.node_id(key)
+        return self.graph.nodes[node_id].bare_concrete_function.concrete_function_name
+
+    def add_signature(self, key, like):
+        """Adds signature `key` pointing at the same function as signature `like`."""
+        node = self.graph.nodes.add()
+        node.CopyFrom(self.graph.nodes[self.node_id(like)])
+        child = self._signatures_node.children.add()
+        child.node_id = len(self.graph.nodes) - 1
+        child.local_name = key
+
+    def point_at(self, key, function_name):
+        """Points signature `key` at `function_name`, declared like the function it replaces."""
+        child = self._child(key)
+        old_name = self.function_name(key)
+        shared = sum(c.node_id == child.node_id for n in self.graph.nodes for c in n.children)
+        if shared > 1:  # the node also serves another key: give `key` a node of its own
+            node = self.graph.nodes.add()
+            node.CopyFrom(self.graph.nodes[child.node_id])
+            child.node_id = len(self.graph.nodes) - 1
+        self.graph.nodes[child.node_id].bare_concrete_function.concrete_function_name = function_name
+        self.graph.concrete_functions[function_name].CopyFrom(
+            self.graph.concrete_functions[old_name]
+        )
+
+    def add_outputs(self, key, taps):
+        """Declares each tap as an output of signature `key`'s function."""
+        spec = self.graph.concrete_functions[self.function_name(key)].output_signature
+        for tap in taps:
+            tensor_spec = spec.dict_value.fields[tap.key].tensor_spec_value
+            tensor_spec.name = tap.key
+            tensor_spec.dtype = tap.candidate.dtype
+            tensor_spec.shape.CopyFrom(tap.candidate.shape or unknown_shape())
+
+    def object_references(self):
+        """{function name: [node ids]} of every function the object graph refers to."""
+        references = collections.defaultdict(list)
+        for node_id, node in enumerate(self.graph.nodes):
+            kind = node.WhichOneof("kind")
+            if kind == "function":
+                for name in node.function.concrete_functions:
+                    references[name].append(node_id)
+            elif kind == "bare_concrete_function":
+                references[node.bare_concrete_function.concrete_function_name].append(node_id)
+        return references
+
+
+def signature_call_node(signature_def):
+    """The outer call node that computes every output of a TF2 signature, or None."""
+    nodes = {node_of(info.name) for info in signature_def.outputs.values()}
+    return nodes.pop() if len(nodes) == 1 else None
+
+
+class TapRewrite:
+    """Applies taps to one graph in place. `signature_defs` and `objects` are None for a
+    GraphDef; `objects` is None for TF1 SavedModels."""
+
+    def __init__(self, graph_def, signature_defs=None, objects=None):
+        self.graph_def = graph_def
+        self.signature_defs = signature_defs
+        self.objects = objects
+        self.functions = {f.signature.name: f for f in graph_def.library.function}
+        # Output counts before the rewrite, which appends to functions edited in place.
+        self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
+
+    def add_signature(self, source, new):
+        """`add` mode: signature `new`, a copy of `source` computed by its own call node,
+        so that `source` and everything it uses stay untouched."""
+        signature = self.signature_defs[new]
+        signature.CopyFrom(self.signature_defs[source])
+        if self.objects is None or self.objects.node_id(source) is None:
+            return  # a flat TF1 signature names graph tensors directly
+        call_name = signature_call_node(signature)
+        call = self.graph_def.node.add()
+        call.CopyFrom(next(n for n in self.graph_def.node if n.name == call_name))
+        call.name = _fresh(TAP_PREFIX + new, {n.name for n in self.graph_def.node})
+        for info in signature.outputs.values():
+            info.name = call.name + info.name[len(call_name):]
+        self.objects.add_signature(new, like=source)
+
+    def apply(self, taps):
+        """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
+        calls_on_path = {}
+        for tap in taps:
+            for call in tap.candidate.calls:
+                calls_on_path[(call.caller, call.node)] = call.callee
+        local = collections.defaultdict(dict)
+        for tap in taps:
+            c = tap.candidate
+            local[c.function][(c.node, c.output)] = c
+
+        clones = self._plan_clones(calls_on_path, taps)
+        order = _callees_first(calls_on_path)
+        out_index = {}
+        new_outputs = {}
+        identities = {}
+        for function in order + [None]:
+            body = self._body(function, clones)
+            outputs, identities[function] = self._edit_body(
+                function, body, local[function], calls_on_path, clones, new_outputs
+            )
+            new_outputs[function] = outputs
+            base = self._output_counts[function] if function else 0
+            out_index[function] = {source: base + i for i, (source, *_) in enumerate(outputs)}
+
+        for tap in taps:
+            c = tap.candidate
+            tap.identity = identities[c.function][(c.node, c.output)]
+            tap.function = clones.get(c.function, c.function)
+            if not c.calls:
+                tap.tensor = f"{tap.identity}:0"
+                continue
+            index = out_index[c.function][("local", c.node, c.output)]
+            for call in reversed(c.calls[1:]):
+                index = out_index[call.caller][("call", call.node, index)]
+            tap.tensor = f"{c.calls[0].node}:{index}"
+        if self.signature_defs is not None:
+            self._update_signatures(taps, clones)
+
+    def _body(self, function, clones):
+        if function is None:
+            return None
+        if function in clones:
+            clone = self.graph_def.library.function.add()
+            clone.CopyFrom(self.functions[function])
+            clone.signature.name = clones[function]
+            return clone
+        return self.functions[function]
+
+    def _plan_clones(self, calls_on_path, taps):
+        """{function: clone name} for every function on a path that must be copied."""
+        on_path = set(calls_on_path.values())
+        own_objects = collections.defaultdict(set)
+        if self.objects is not None:
+            for tap in taps:
+                if tap.candidate.calls and self.objects.node_id(tap.signature) is not None:
+                    wrapper = tap.candidate.calls[0].callee
+                    own_objects[wrapper].add(self.objects.node_id(tap.signature))
+        references = self._references(on_path)
+        decided = {}
+
+        def must_clone(function):
+            if function not in decided:
+                decided[function] = False  # cycles were refused by the index
+                for kind, where, node in references[function]:
+                    if kind == "node" and (where, node) in calls_on_path:
+                        if where is not None and must_clone(where):
+                            decided[function] = True
+                    elif not (kind == "object" and where in own_objects[function]):
+                        decided[function] = True
+            return decided[function]
+
+        taken = set(self.functions)
+        clones = {}
+        for function in sorted(on_path):
+            if must_clone(function):
+                clones[function] = _fresh(f"{function}_graphtap", taken)
+                taken.add(clones[function])
+        return clones
+
+    def _references(self, names):
+        """{function: [(kind, where, node)]} for every reference to the named functions."""
+        references = {name: [] for name in names}
+        bodies = [(None, self.graph_def.node)]
+        bodies += [(name, f.node_def) for name, f in self.functions.items()]
+        for body_name, nodes in bodies:
+            for node in nodes:
+                targets = {name for _, name in function_attrs(node)}
+                callee = call_target(node, self.functions)
+                if callee is not None:
+                    targets.add(callee)
+                for target in targets & references.keys():
+                    references[target].append(("node", body_name, node.name))
+        for gradient in self.graph_def.library.gradient:
+            for name in (gradient.function_name, gradient.gradient_func):
+                if name in references:
+                    references[name].append(("gradient", None, None))
+        if self.objects is not None:
+            for name, node_ids in self.objects.object_references().items():
+                if name in references:
+                    references[name].extend(("object", node_id, None) for node_id in node_ids)
+        return references
+
+    def _edit_body(self, function, body, targets, calls_on_path, clones, new_outputs):
+        """Adds the Identities and re-exports for one body; returns its new outputs
+        [(source, dtype, shape)] and {(node, output): Identity name}."""
+        nodes = body.node_def if body is not None else self.graph_def.node
+        names = {node.name for node in nodes}
+        outputs, identities = [], {}
+        for (node_name, output), candidate in sorted(targets.items()):
+            identity = nodes.add()
+            identity.name = _fresh(TAP_PREFIX + candidate.name.replace(":", "_"), names)
+            names.add(identity.name)
+            identity.op = "Identity"
+            identity.input.append(
+                tensor_ref(function, node_name, output, candidate.arg, candidate.arg_index)
+            )
+            identity.attr["T"].type = candidate.dtype
+            if candidate.shape is not None:
+                identity.attr["_output_shapes"].list.shape.add().CopyFrom(candidate.shape)
+            identities[(node_name, output)] = identity.name
+            if function is not None:
+                outputs.append((("local", node_name, output), candidate.dtype, candidate.shape,
+                                f"{identity.name}:output:0"))
+        for node in list(nodes):
+            callee = calls_on_path.get((function, node.name))
+            if callee is None:
+                continue
+            callee_name = clones.get(callee, callee)
+            if node.op in CALL_OPS:
+                node.attr["f"].func.name = callee_name
+                node.attr["Tout"].list.type.extend(dtype for _, dtype, _ in new_outputs[callee])
+            else:
+                node.op = callee_name
+            if "_output_shapes" in node.attr:
+                shapes = node.attr["_output_shapes"].list.shape
+                for _, _, shape in new_outputs[callee]:
+                    shapes.add().CopyFrom(shape or unknown_shape())
+            base = self._output_counts[callee]
+            for i, (_, dtype, shape) in enumerate(new_outputs[callee]):
+                ref = f"{node.name}:output:{base + i}" if node.op in CALL_OPS else None
+                outputs.append((("call", node.name, base + i), dtype, shape, ref))
+        if function is not None:
+            self._add_function_outputs(body, outputs, clones, calls_on_path, function)
+        return [(source, dtype, shape) for source, dtype, shape, _ in outputs], identities
+
+    def _add_function_outputs(self, body, outputs, clones, calls_on_path, function):
+        arg_names = {arg.name for arg in body.signature.input_arg}
+        arg_names.update(arg.name for arg in body.signature.output_arg)
+        for i, ((kind, node_name, index), dtype, _, ref) in enumerate(outputs):
+            if ref is None:  # a call by op name: outputs are named after the callee's args
+                callee = calls_on_path[(function, node_name)]
+                callee_def = next(
+                    f for f in self.graph_def.library.function
+                    if f.signature.name == clones.get(callee, callee)
+                )
+                ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
+            name = _fresh("graphtap_tap", arg_names, separator="_")
+            arg_names.add(name)
+            arg = body.signature.output_arg.add()
+            arg.name = name
+            arg.type = dtype
+            body.ret[name] = ref
+
+    def _update_signatures(self, taps, clones):
+        by_signature = collections.defaultdict(list)
+        for tap in taps:
+            by_signature[tap.signature].append(tap)
+        for key, signature_taps in by_signature.items():
+            signature = self.signature_defs[key]
+            for tap in signature_taps:
+                info = signature.outputs[tap.key]
+                info.name = tap.tensor
+                info.dtype = tap.candidate.dtype
+                info.tensor_shape.CopyFrom(tap.candidate.shape or unknown_shape())
+            if self.objects is None or self.objects.node_id(key) is None:
+                continue
+            wrapper = self.objects.function_name(key)
+            if wrapper in clones:
+                self.objects.point_at(key, clones[wrapper])
+            self.objects.add_outputs(key, signature_taps)
+            self._sort_outputs(key)
+            for tap in signature_taps:
+                tap.tensor = signature.outputs[tap.key].name
+
+    def _sort_outputs(self, key):
+        """Puts the signature function's outputs in sorted-key order (see module doc)."""
+        signature = self.signature_defs[key]
+        call_name = signature_call_node(signature)
+        if call_name is None:
+            raise errors.CorruptModel(f"outputs of TF2 signature '{key}' come from several nodes")
+        position = {}
+        for output_key, info in signature.outputs.items():
+            position[int(info.name.rsplit(":", 1)[1])] = output_key
+        wrapper = next(
+            f for f in self.graph_def.library.function
+            if f.signature.name == self.objects.function_name(key)
+        )
+        count = len(wrapper.signature.output_arg)
+        if sorted(position) != list(range(count)):
+            raise errors.CorruptModel(f"signature '{key}' does not name every output of its function")
+        order = sorted(range(count), key=position.get)
+        if order == list(range(count)):
+            return
+        new_position = {old: new for new, old in enumerate(order)}
+        _permute(wrapper.signature.output_arg, order)
+        for node in self.graph_def.node:
+            if node.name == call_name:
+                _permute(node.attr["Tout"].list.type, order)
+                if "_output_shapes" in node.attr:
+                    _permute(node.attr["_output_shapes"].list.shape, order)
+            for i, ref in enumerate(node.input):
+                if node_of(ref) == call_name and not ref.startswith("^"):
+                    old = int(ref.split(":")[1]) if ":" in ref else 0
+                    node.input[i] = f"{call_name}:{new_position[old]}"
+        for signature in self.signature_defs.values():
+            for info in signature.outputs.values():
+                if node_of(info.name) == call_name:
+                    old = int(info.name.rsplit(":", 1)[1])
+                    info.name = f"{call_name}:{new_position[old]}"
+
+
+def _permute(repeated, order):
+    """Reorders a repeated field: position i gets the item that was at `order[i]`."""
+    items = list(repeated)
+    if items and isinstance(items[0], message.Message):
+        items = [type(item).FromString(item.SerializeToString()) for item in items]
+        del repeated[:]
+        for old in order:
+            repeated.add().CopyFrom(items[old])
+    else:
+        del repeated[:]
+        repeated.extend(items[old] for old in order)
+
+
+def _callees_first(calls_on_path):
+    """Functions on the paths, each after every function it calls on a path."""
+    callees = collections.defaultdict(set)
+    for (caller, _), callee in calls_on_path.items():
+        callees[caller].add(callee)
+    order, seen = [], set()
+
+    def visit(function):
+        if function in seen:
+            return
+        seen.add(function)
+        for callee in sorted(callees[function]):
+            visit(callee)
+        order.append(function)
+
+    for callee in sorted(callees[None]):
+        visit(callee)
+    return order
+
+
+def _fresh(name, taken, separator="_"):
+    if name not in taken:
+        return name
+    n = 1
+    while f"{name}{separator}{n}" in taken:
+        n += 1
+    return f"{name}{separator}{n}"

@@ -1,0 +1,73 @@
+"""Selectors -> the candidates to tap: name regexes and op types, as a union."""
+
+import difflib
+import re
+
+from graphtap import errors
+
+_RENAME_RE = re.compile(r"^(?P<pattern>.+)=(?P<key>[A-Za-z0-9_.\-]+)$")
+
+
+def parse_name_selectors(names):
+    """`names` as the API takes it -> list of (pattern, key or None).
+
+    A list holds patterns, each optionally `pattern=key` to choose the tap's key; a dict
+    maps patterns to keys (None: the default key).
+    """
+    if names is None:
+        return []
+    if isinstance(names, str):
+        names = [names]
+    if isinstance(names, dict):
+        return list(names.items())
+    parsed = []
+    for selector in names:
+        match = _RENAME_RE.match(selector)
+        parsed.append((match["pattern"], match["key"]) if match else (selector, None))
+    return parsed
+
+
+def select(candidates, names=(), ops=()):
+    """Returns [(candidate, key or None)] in candidate order; raises when a selector
+    matches nothing or a selected tensor cannot be tapped."""
+    if not names and not ops:
+        raise errors.NoMatch("no selector given: pass --tap_name or --tap_op")
+    chosen = {}
+    for pattern, key in names:
+        try:
+            regex = re.compile(pattern)
+        except re.error as error:
+            raise errors.NoMatch(f"invalid regex: {error}", pattern) from None
+        matched = [c for c in candidates if regex.fullmatch(c.name)]
+        if not matched:
+            raise errors.NoMatch(_no_match_message("name", pattern, {c.name for c in candidates}))
+        if key is not None and len({c.tensor_key for c in matched}) > 1:
+            raise errors.BadKey(
+                f"key '{key}' given to a selector that matches {len(matched)} tensors "
+                f"({', '.join(sorted({c.name for c in matched})[:3])}, ...)",
+                pattern,
+            )
+        for candidate in matched:
+            chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
+    for op in ops:
+        matched = [c for c in candidates if c.op == op]
+        if not matched:
+            raise errors.NoMatch(_no_match_message("op", op, {c.op for c in candidates}))
+        for candidate in matched:
+            chosen.setdefault(candidate, None)
+    for candidate in chosen:
+        if candidate.blocked:
+            raise errors.NotTappable(f"{candidate.op} node is {candidate.blocked}", candidate.name)
+    return [(c, chosen[c]) for c in candidates if c in chosen]
+
+
+def _merge_key(old, new, candidate):
+    if old is not None and new is not None and old != new:
+        raise errors.BadKey(f"two keys given for one tensor: '{old}' and '{new}'", candidate.name)
+    return new if new is not None else old
+
+
+def _no_match_message(kind, selector, known):
+    close = difflib.get_close_matches(selector, sorted(known), n=3, cutoff=0.5)
+    hint = f"; closest: {', '.join(close)}" if close else ""
+    return f"{kind} selector '{selector}' matches no tappable tensor{hint}"

@@ -1,0 +1,198 @@
+"""Builds the small models graphtap is tested and demonstrated on.
+
+Every builder takes the directory to write and returns what a test needs to
+compute independent references (the Keras model, the tf.Module, or the names of
+the TF1 tensors). Seeds are fixed, so values are reproducible; the protobufs
+are not byte-stable across runs (TensorFlow numbers its functions), so nothing
+should compare them across builds.
+
+    python tools/make_testdata.py [--out=testdata] [--only=keras_cnn,...]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+SEED = 1234
+
+
+def _seed():
+    tf.random.set_seed(SEED)
+    np.random.seed(SEED)
+    import keras
+
+    keras.utils.set_random_seed(SEED)
+
+
+def keras_cnn(export_dir):
+    """Keras 3 functional CNN with BatchNorm and a residual add, exported with `model.export`."""
+    import keras
+    from keras import layers
+
+    _seed()
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_res")(x)
+    x = layers.Add(name="add")([x, y])
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(16, activation="relu", name="dense")(x)
+    outputs = layers.Dense(4, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs, outputs, name="cnn")
+    # Non-trivial BatchNorm statistics, so that the moving averages matter.
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 8).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    model.export(export_dir, verbose=False)
+    return model
+
+
+def mobilenet_v2(export_dir):
+    """keras.applications.MobileNetV2 (weights=None) at a small input size."""
+    import keras
+
+    _seed()
+    model = keras.applications.MobileNetV2(
+        input_shape=(32, 32, 3), alpha=0.35, weights=None, classes=10
+    )
+    model.export(export_dir, verbose=False)
+    return model
+
+
+class NestedModule(tf.Module):
+    """Three levels of nested tf.functions; `inner` is called from two places."""
+
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(SEED)
+        self.w1 = tf.Variable(rng.standard_normal((4, 6)).astype("float32"), name="w1")
+        self.w2 = tf.Variable(rng.standard_normal((6, 3)).astype("float32"), name="w2")
+
+    @tf.function
+    def inner(self, x):
+        return tf.nn.relu(tf.matmul(x, self.w1), name="act")
+
+    @tf.function
+    def middle(self, x):
+        first = self.inner(x)
+        second = self.inner(x * 2.0)
+        return tf.add(first, second, name="mix")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def __call__(self, x):
+        hidden = self.middle(x)
+        logits = tf.matmul(hidden, self.w2, name="logits")
+        return {"output_0": tf.nn.softmax(logits, name="probs"), "logits": logits}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+    def hidden(self, x):
+        return {"hidden": self.middle(x)}
+
+
+def nested_module(export_dir):
+    """tf.Module saved with tf.saved_model.save, two signatures sharing functions."""
+    module = NestedModule()
+    tf.saved_model.save(
+        module,
+        export_dir,
+        signatures={"serving_default": module.__call__, "hidden": module.hidden},
+    )
+    return module
+
+
+def _tf1_graph():
+    """The TF1 MLP graph shared by the Builder model and the frozen GraphDef."""
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(SEED)
+        rng = np.random.default_rng(SEED)
+        x = tf.compat.v1.placeholder(tf.float32, [None, 5], name="x")
+        w1 = tf.compat.v1.Variable(rng.standard_normal((5, 7)).astype("float32"), name="w1")
+        b1 = tf.compat.v1.Variable(rng.standard_normal(7).astype("float32"), name="b1")
+        w2 = tf.compat.v1.Variable(rng.standard_normal((7, 3)).astype("float32"), name="w2")
+        hidden = tf.nn.relu(tf.nn.bias_add(tf.matmul(x, w1), b1), name="hidden/Relu")
+        logits = tf.matmul(hidden, w2, name="logits")
+        top_values, top_indices = tf.math.top_k(logits, k=2, name="top")
+        tf.nn.softmax(logits, name="probs")
+    return graph, {"x": "x:0", "probs": "probs:0", "top_indices": top_indices.name}
+
+
+def tf1_builder(export_dir):
+    """TF1 SavedModel from SavedModelBuilder, with a `serve` and a `train` meta graph."""
+    graph, names = _tf1_graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        signature = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"x": info(graph.get_tensor_by_name(names["x"]))},
+            outputs={
+                "probs": info(graph.get_tensor_by_name(names["probs"])),
+                "top_indices": info(graph.get_tensor_by_name(names["top_indices"])),
+            },
+            method_name="tensorflow/serving/predict",
+        )
+        builder = tf.compat.v1.saved_model.Builder(export_dir)
+        builder.add_meta_graph_and_variables(
+            sess, ["serve"], signature_def_map={"serving_default": signature}
+        )
+        builder.add_meta_graph(["train"], signature_def_map={"train_probs": signature})
+        builder.save()
+    return names
+
+
+def frozen_graph(path):
+    """Frozen GraphDef (`.pb`, plus the same graph as `.pbtxt` beside it)."""
+    graph, names = _tf1_graph()
+    with tf.compat.v1.Session(graph=graph) as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        frozen = tf.compat.v1.graph_util.convert_variables_to_constants(
+            sess, graph.as_graph_def(), ["probs", "top"]
+        )
+    with open(path, "wb") as f:
+        f.write(frozen.SerializeToString())
+    tf.io.write_graph(frozen, os.path.dirname(path), os.path.basename(path) + "txt", as_text=True)
+    return names
+
+
+BUILDERS = {
+    "keras_cnn": (keras_cnn, "keras_cnn"),
+    "nested_module": (nested_module, "nested_module"),
+    "tf1_builder": (tf1_builder, "tf1_builder"),
+    "frozen_graph": (frozen_graph, "frozen_graph.pb"),
+    "mobilenet_v2": (mobilenet_v2, "mobilenet_v2"),
+}
+
+
+def build(out_dir, only=None):
+    """Writes every model named in `only` (default: all) below `out_dir`; returns their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    for name, (builder, filename) in BUILDERS.items():
+        if only and name not in only:
+            continue
+        path = os.path.join(out_dir, filename)
+        builder(path)
+        paths[name] = path
+    return paths
+
+
+def main(argv):
+    from absl import app, flags
+
+    flags.DEFINE_string("out", "testdata", "Directory to write the models to.")
+    flags.DEFINE_list("only", [], f"Models to build (default all): {', '.join(BUILDERS)}.")
+
+    def run(_):
+        for name, path in build(flags.FLAGS.out, flags.FLAGS.only).items():
+            print(f"{name}: {path}")
+
+    app.run(run, argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
