@@ -1,5 +1,6 @@
 """The public operations: list what can be tapped, and tap it."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -46,17 +47,7 @@ class Report:
         return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
 
 
-def tap(
-    input_path,
-    output_path,
-    names=None,
-    ops=None,
-    signatures=None,
-    mode="extend",
-    tag_set="serve",
-    tapped_signature=None,
-    overwrite=False,
-):
+def tap(input_path, output_path, names=None, ops=None, **options):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
@@ -68,7 +59,25 @@ def tap(
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
       `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
     tag_set: tags of the meta graph to tap, comma-separated.
+    overwrite: replace an existing output.
+
+    Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
+    with _about(input_path):
+        return _tap(input_path, output_path, names, ops, **options)
+
+
+def _tap(
+    input_path,
+    output_path,
+    names=None,
+    ops=None,
+    signatures=None,
+    mode="extend",
+    tag_set="serve",
+    tapped_signature=None,
+    overwrite=False,
+):
     if mode not in ("extend", "add"):
         raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
     name_selectors = parse_name_selectors(names)
@@ -113,6 +122,11 @@ def tap(
 
 def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
+    with _about(input_path):
+        return _list_targets(input_path, signatures, tag_set)
+
+
+def _list_targets(input_path, signatures, tag_set):
     model = io.read(input_path)
     if not model.is_saved_model:
         return GraphIndex(model.proto).all_candidates()
@@ -123,6 +137,17 @@ def list_targets(input_path, signatures=None, tag_set="serve"):
         signature = meta_graph.signature_def[key]
         found += index.candidates_from([node_of(i.name) for i in signature.outputs.values()])
     return found
+
+
+@contextlib.contextmanager
+def _about(input_path):
+    """Names the input in errors that do not name a file of their own."""
+    try:
+        yield
+    except errors.GraphtapError as error:
+        if error.where is None:
+            raise type(error)(error.what, input_path) from None
+        raise
 
 
 def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):

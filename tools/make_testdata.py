@@ -52,6 +52,20 @@ def keras_cnn(export_dir):
     return model
 
 
+def keras_lstm(export_dir):
+    """Keras 3 LSTM (a While loop in the exported graph) followed by a Dense layer."""
+    import keras
+    from keras import layers
+
+    _seed()
+    inputs = keras.Input(shape=(5, 3), name="sequence")
+    x = layers.LSTM(4, name="lstm")(inputs)
+    outputs = layers.Dense(2, name="head")(x)
+    model = keras.Model(inputs, outputs, name="rnn")
+    model.export(export_dir, verbose=False)
+    return model
+
+
 def mobilenet_v2(export_dir):
     """keras.applications.MobileNetV2 (weights=None) at a small input size."""
     import keras
@@ -164,6 +178,7 @@ BUILDERS = {
     "nested_module": (nested_module, "nested_module"),
     "tf1_builder": (tf1_builder, "tf1_builder"),
     "frozen_graph": (frozen_graph, "frozen_graph.pb"),
+    "keras_lstm": (keras_lstm, "keras_lstm"),
     "mobilenet_v2": (mobilenet_v2, "mobilenet_v2"),
 }
 

@@ -1,0 +1,3 @@
+from graphtap.cli import run
+
+run()

@@ -1,0 +1,123 @@
+"""The `graphtap` command: a thin absl-flags front end over the Python API.
+
+    graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP
+    graphtap list --input=DIR
+
+Exit status: 0 on success, 2 on any error (one line on stderr, no traceback).
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+import graphtap
+from graphtap import errors, protos
+
+FLAGS = flags.FLAGS
+VERBS = ("tap", "list")
+
+flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, .pbtxt).")
+flags.DEFINE_string("output", None, "tap: where to write the tapped model (directory, or file "
+                    "for a GraphDef input: .pbtxt/.txt for text).")
+flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tensor names as "
+                          "`graphtap list` shows them (`node`, or `node:k` for output k > 0); "
+                          "`REGEX=KEY` chooses the output key. Repeatable.")
+flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
+flags.DEFINE_multi_string("signature_def", None, "Signature to tap or list (default: "
+                          "serving_default, or the only one). Repeatable.")
+flags.DEFINE_enum("mode", "extend", ["extend", "add"], "tap: `extend` adds the taps to the "
+                  "signature; `add` leaves it untouched and adds <signature>_tapped.")
+flags.DEFINE_string("tapped_signature", None, "tap, --mode=add: name of the new signature.")
+flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-separated.")
+flags.DEFINE_bool("overwrite", False, "tap: replace an existing output.")
+
+
+def main(argv):
+    if len(argv) != 2 or argv[1] not in VERBS:
+        raise errors.GraphtapError(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
+                                   "(see --help)")
+    _require("input")
+    if argv[1] == "tap":
+        _require("output")
+        report = graphtap.tap(
+            FLAGS.input,
+            FLAGS.output,
+            names=FLAGS.tap_name,
+            ops=FLAGS.tap_op,
+            signatures=FLAGS.signature_def,
+            mode=FLAGS.mode,
+            tag_set=FLAGS.tag_set,
+            tapped_signature=FLAGS.tapped_signature,
+            overwrite=FLAGS.overwrite,
+        )
+        _print_report(report)
+    else:
+        targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
+        rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.shape), c.function or "",
+                 "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
+        _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
+
+
+def _require(name):
+    if not FLAGS[name].value:
+        raise errors.GraphtapError(f"--{name} is required")
+
+
+def _shape(shape):
+    if shape is None or shape.unknown_rank:
+        return "?"
+    return "(" + ", ".join("?" if d.size < 0 else str(d.size) for d in shape.dim) + ")"
+
+
+def _print_report(report):
+    rows = [(r.signature or "", r.key, r.op, r.dtype,
+             "?" if r.shape is None else "(" + ", ".join("?" if d < 0 else str(d) for d in r.shape) + ")",
+             r.node if r.output == 0 else f"{r.node}:{r.output}") for r in report.taps]
+    _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
+    print(f"tapped {len(report.taps)} tensor(s) -> {report.output}")
+    if report.already_tapped:
+        print(f"already tapped, left as they were: {', '.join(report.already_tapped)}")
+    if report.taps and report.taps[0].signature is None:
+        print("output names: " + ",".join(report.output_names))
+
+
+def _print_table(header, rows):
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+def _quiet_tensorflow():
+    """Keeps TensorFlow's start-up logs off the terminal unless --verbosity was given."""
+    if not FLAGS["verbosity"].present:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        logging.set_verbosity(logging.ERROR)
+
+
+def _parse_flags(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as error:
+        print(f"graphtap: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main_with_errors(argv):
+    _quiet_tensorflow()
+    try:
+        main(argv)
+    except errors.GraphtapError as error:
+        print(f"graphtap: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stdout = open(os.devnull, "w")
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"graphtap: error: {error.strerror or error}{where}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run():
+    """Console-script entry point."""
+    app.run(_main_with_errors, flags_parser=_parse_flags)

@@ -1,0 +1,30 @@
+"""Export hook: save a Keras model or tf.Module and tap it, in one call."""
+
+import os
+import shutil
+import tempfile
+
+from graphtap import api
+
+
+def export(model_or_module, export_dir, signatures=None, overwrite=False, **tap_options):
+    """Saves `model_or_module` (Keras 3 `model.export`, else `tf.saved_model.save` with
+    `signatures`) and writes its tapped copy to `export_dir`; returns the tap Report.
+
+    `tap_options` are those of `graphtap.tap` (names, ops, mode, ...). The untapped
+    SavedModel is written to a temporary directory beside `export_dir` and removed.
+    """
+    import tensorflow as tf
+
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.export-", dir=parent)
+    try:
+        saved = os.path.join(staging, "saved_model")
+        if hasattr(model_or_module, "export") and signatures is None:
+            model_or_module.export(saved, verbose=False)
+        else:
+            tf.saved_model.save(model_or_module, saved, signatures=signatures)
+        return api.tap(saved, export_dir, overwrite=overwrite, **tap_options)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
