@@ -95,12 +95,21 @@ def _quiet_tensorflow():
         logging.set_verbosity(logging.ERROR)
 
 
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+_OWN_FLAGS = ("input", "output", "tap_name", "tap_op", "signature_def", "mode",
+              "tapped_signature", "tag_set", "overwrite")
+
+
 def _parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as error:
         print(f"graphtap: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except SystemExit:
+        if any(arg in _HELP_FLAGS for arg in argv[1:]):
+            sys.exit(0)  # absl exits 1 after printing help; asking for help is no error
+        raise
 
 
 def _main_with_errors(argv):
@@ -120,4 +129,8 @@ def _main_with_errors(argv):
 
 def run():
     """Console-script entry point."""
+    # absl's --help shows the main module's doc and key flags: make those ours.
+    sys.modules["__main__"].__doc__ = __doc__
+    for name in _OWN_FLAGS:
+        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
     app.run(_main_with_errors, flags_parser=_parse_flags)

@@ -57,7 +57,9 @@ def select(candidates, names=(), ops=()):
             chosen.setdefault(candidate, None)
     for candidate in chosen:
         if candidate.blocked:
-            raise errors.NotTappable(f"{candidate.op} node is {candidate.blocked}", candidate.name)
+            raise errors.NotTappable(
+                f"{candidate.op} node '{candidate.name}' is {candidate.blocked}"
+            )
     return [(c, chosen[c]) for c in candidates if c in chosen]
 
 
