@@ -198,9 +198,6 @@ def _signature_keys(meta_graph, signatures, path):
 
 def _record(tap):
     c = tap.candidate
-    shape = None
-    if c.shape is not None and not c.shape.unknown_rank:
-        shape = [dim.size for dim in c.shape.dim]
     return TapRecord(
         signature=tap.signature,
         key=tap.key,
@@ -209,7 +206,7 @@ def _record(tap):
         output=c.output,
         op=c.op,
         dtype=protos.dtype_name(c.dtype),
-        shape=shape,
+        shape=c.dims,
         tensor=tap.tensor,
         call_path=[call.node for call in c.calls],
     )

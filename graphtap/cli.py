@@ -54,7 +54,7 @@ def main(argv):
         _print_report(report)
     else:
         targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
-        rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.shape), c.function or "",
+        rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims), c.function or "",
                  "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
         _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
 
@@ -64,15 +64,14 @@ def _require(name):
         raise errors.GraphtapError(f"--{name} is required")
 
 
-def _shape(shape):
-    if shape is None or shape.unknown_rank:
+def _shape(dims):
+    if dims is None:
         return "?"
-    return "(" + ", ".join("?" if d.size < 0 else str(d.size) for d in shape.dim) + ")"
+    return "(" + ", ".join("?" if d < 0 else str(d) for d in dims) + ")"
 
 
 def _print_report(report):
-    rows = [(r.signature or "", r.key, r.op, r.dtype,
-             "?" if r.shape is None else "(" + ", ".join("?" if d < 0 else str(d) for d in r.shape) + ")",
+    rows = [(r.signature or "", r.key, r.op, r.dtype, _shape(r.shape),
              r.node if r.output == 0 else f"{r.node}:{r.output}") for r in report.taps]
     _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
     print(f"tapped {len(report.taps)} tensor(s) -> {report.output}")

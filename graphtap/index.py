@@ -44,6 +44,13 @@ class Candidate:
         return self.node if self.output == 0 else f"{self.node}:{self.output}"
 
     @property
+    def dims(self):
+        """Static shape as a list, -1 for unknown dimensions; None for unknown rank."""
+        if self.shape is None or self.shape.unknown_rank:
+            return None
+        return [dim.size for dim in self.shape.dim]
+
+    @property
     def tensor_key(self):
         """Identifies the tensor in its body, the same for every call path to it."""
         return (self.function, self.node, self.output)

@@ -44,7 +44,7 @@ def assign_keys(selected, existing_keys):
         for (candidate, chosen), suffix in zip(group, suffixes):
             key = base + suffix
             if chosen is None or suffix:
-                key = _free(key, taken)
+                key = unique_name(key, taken)
             taken.add(key)
             keyed[candidate] = key
     return [(candidate, keyed[candidate]) for candidate, _ in selected]
@@ -63,10 +63,11 @@ def _path_suffixes(candidates):
     return suffixes
 
 
-def _free(key, taken):
-    if key not in taken:
-        return key
+def unique_name(name, taken):
+    """`name`, or `name_1`, `name_2`, ... : the first not in `taken`."""
+    if name not in taken:
+        return name
     n = 1
-    while f"{key}_{n}" in taken:
+    while f"{name}_{n}" in taken:
         n += 1
-    return f"{key}_{n}"
+    return f"{name}_{n}"

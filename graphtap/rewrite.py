@@ -29,6 +29,7 @@ from graphtap.index import (
     tensor_ref,
     unknown_shape,
 )
+from graphtap.keys import unique_name
 from graphtap.opdefs import CALL_OPS
 
 
@@ -141,7 +142,7 @@ class TapRewrite:
         call_name = signature_call_node(signature)
         call = self.graph_def.node.add()
         call.CopyFrom(next(n for n in self.graph_def.node if n.name == call_name))
-        call.name = _fresh(TAP_PREFIX + new, {n.name for n in self.graph_def.node})
+        call.name = unique_name(TAP_PREFIX + new, {n.name for n in self.graph_def.node})
         for info in signature.outputs.values():
             info.name = call.name + info.name[len(call_name):]
         self.objects.add_signature(new, like=source)
@@ -222,7 +223,7 @@ class TapRewrite:
         clones = {}
         for function in sorted(on_path):
             if must_clone(function):
-                clones[function] = _fresh(f"{function}_graphtap", taken)
+                clones[function] = unique_name(f"{function}_graphtap", taken)
                 taken.add(clones[function])
         return clones
 
@@ -257,7 +258,7 @@ class TapRewrite:
         outputs, identities = [], {}
         for (node_name, output), candidate in sorted(targets.items()):
             identity = nodes.add()
-            identity.name = _fresh(TAP_PREFIX + candidate.name.replace(":", "_"), names)
+            identity.name = unique_name(TAP_PREFIX + candidate.name.replace(":", "_"), names)
             names.add(identity.name)
             identity.op = "Identity"
             identity.input.append(
@@ -303,7 +304,7 @@ class TapRewrite:
                     if f.signature.name == clones.get(callee, callee)
                 )
                 ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
-            name = _fresh("graphtap_tap", arg_names, separator="_")
+            name = unique_name("graphtap_tap", arg_names)
             arg_names.add(name)
             arg = body.signature.output_arg.add()
             arg.name = name
@@ -399,12 +400,3 @@ def _callees_first(calls_on_path):
     for callee in sorted(callees[None]):
         visit(callee)
     return order
-
-
-def _fresh(name, taken, separator="_"):
-    if name not in taken:
-        return name
-    n = 1
-    while f"{name}{separator}{n}" in taken:
-        n += 1
-    return f"{name}{separator}{n}"

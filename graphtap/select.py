@@ -70,6 +70,7 @@ def _merge_key(old, new, candidate):
 
 
 def _no_match_message(kind, selector, known):
-    close = difflib.get_close_matches(selector, sorted(known), n=3, cutoff=0.5)
+    literal = re.sub(r"[\\^$.*+?()\[\]{}|]", "", selector)  # compare names with the regex's text
+    close = difflib.get_close_matches(literal, sorted(known), n=3, cutoff=0.5)
     hint = f"; closest: {', '.join(close)}" if close else ""
     return f"{kind} selector '{selector}' matches no tappable tensor{hint}"

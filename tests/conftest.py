@@ -29,40 +29,24 @@ def models_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("models")
 
 
-def _built(make_testdata, models_dir, name):
-    builder, filename = make_testdata.BUILDERS[name]
-    path = str(models_dir / filename)
-    return path, builder(path)
+def _model_fixture(name):
+    """A session fixture: (path, what the builder returned) for model `name`."""
+
+    @pytest.fixture(scope="session")
+    def fixture(make_testdata, models_dir):
+        builder, filename = make_testdata.BUILDERS[name]
+        path = str(models_dir / filename)
+        return path, builder(path)
+
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def keras_cnn(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "keras_cnn")
-
-
-@pytest.fixture(scope="session")
-def mobilenet_v2(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "mobilenet_v2")
-
-
-@pytest.fixture(scope="session")
-def nested_module(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "nested_module")
-
-
-@pytest.fixture(scope="session")
-def tf1_builder(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "tf1_builder")
-
-
-@pytest.fixture(scope="session")
-def frozen_graph(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "frozen_graph")
-
-
-@pytest.fixture(scope="session")
-def keras_lstm(make_testdata, models_dir):
-    return _built(make_testdata, models_dir, "keras_lstm")
+keras_cnn = _model_fixture("keras_cnn")
+keras_lstm = _model_fixture("keras_lstm")
+mobilenet_v2 = _model_fixture("mobilenet_v2")
+nested_module = _model_fixture("nested_module")
+tf1_builder = _model_fixture("tf1_builder")
+frozen_graph = _model_fixture("frozen_graph")
 
 
 def tree_digest(path):
