@@ -183,8 +183,20 @@ class TapRewrite:
             for call in reversed(c.calls[1:]):
                 index = out_index[call.caller][("call", call.node, index)]
             tap.tensor = f"{c.calls[0].node}:{index}"
+            if self.signature_defs is None:  # a GraphDef: give the tap a node of its own
+                tap.tensor = self._outer_identity(tap)
         if self.signature_defs is not None:
             self._update_signatures(taps, clones)
+
+    def _outer_identity(self, tap):
+        """An outer-graph Identity of a tap that a call node brings out of a function, so
+        that a converter's output_arrays can name it."""
+        identity = self.graph_def.node.add()
+        identity.name = unique_name(TAP_PREFIX + tap.key, {n.name for n in self.graph_def.node})
+        identity.op = "Identity"
+        identity.input.append(tap.tensor)
+        identity.attr["T"].type = tap.candidate.dtype
+        return f"{identity.name}:0"
 
     def _body(self, function, clones):
         if function is None:

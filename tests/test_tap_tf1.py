@@ -90,3 +90,32 @@ def test_frozen_graph_def(frozen_graph, tmp_path, suffix):
     for before, after in zip(original.node, graph_def.node):
         assert before == after
     assert not os.path.exists(os.path.join(tmp_path, "tapped"))
+
+
+def test_graph_def_with_function_library(tmp_path):
+    """A GraphDef that keeps nested tf.functions as PartitionedCalls (not inlined)."""
+    w = np.random.default_rng(4).standard_normal((5, 3)).astype("float32")
+
+    @tf.function
+    def inner(x):
+        return tf.nn.relu(tf.matmul(x, w), name="act")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 5], tf.float32, name="x")])
+    def outer(x):
+        return tf.identity(inner(x) * 2.0, name="result")
+
+    graph_def = outer.get_concrete_function().graph.as_graph_def()
+    assert len(graph_def.library.function) >= 1
+    path = str(tmp_path / "graph.pb")
+    with open(path, "wb") as f:
+        f.write(graph_def.SerializeToString())
+    out = str(tmp_path / "tapped.pb")
+    report = graphtap.tap(path, out, names=["act"])
+    assert report.output_names == ["graphtap/act"]
+    tapped = tf.compat.v1.GraphDef()
+    with open(out, "rb") as f:
+        tapped.ParseFromString(f.read())
+    act, result = _run_graph_def(tapped, ["graphtap/act:0", "result:0"])
+    np.testing.assert_allclose(act, np.maximum(X["x"] @ w, 0), rtol=1e-5, atol=1e-6)
+    (original,) = _run_graph_def(graph_def, ["result:0"])
+    assert result.tobytes() == original.tobytes()
