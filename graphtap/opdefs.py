@@ -2,10 +2,18 @@
 
 Definitions come from the model's own `meta_info_def.stripped_op_list` and function
 library (a function's signature is the OpDef of ops that call it by name). Only an op
-found in neither is looked up in TensorFlow's registry, which imports TensorFlow.
+found in neither is looked up in TensorFlow's registry, read by a child process and
+cached on disk (a frozen GraphDef carries no op definitions of its own).
 """
 
 import collections
+import functools
+import hashlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
 
 from absl import logging
 
@@ -63,14 +71,61 @@ def _attr(node, op_def, name):
 
 
 def _registered_op_def(op_type):
-    logging.debug("graphtap: op %s is not in the model; asking TensorFlow's registry", op_type)
+    registered = _registered_op_defs()
+    if op_type not in registered:
+        where = "in TensorFlow" if registered else "(TensorFlow's op registry could not be read)"
+        raise errors.UnknownOp(f"op '{op_type}' is defined neither in the model nor {where}")
+    return registered[op_type]
+
+
+# Prints TensorFlow's whole op registry, serialized as an OpList, to stdout.
+_DUMP_OP_LIST = """
+import sys
+from tensorflow.python.client import pywrap_tf_session as c_api
+sys.stdout.buffer.write(c_api.TF_GetBuffer(c_api.TF_GetAllOpList()))
+"""
+
+
+@functools.cache
+def _registered_op_defs():
+    """{op name: OpDef} of every op TensorFlow registers.
+
+    Importing TensorFlow costs seconds, so a child process reads the registry once per
+    TensorFlow install and the result is cached on disk; this process never imports it.
+    """
+    cache = _cache_path()
     try:
-        import tensorflow  # noqa: F401  (loads the kernels that register ops)
-        from tensorflow.python.framework import op_def_registry
-    except ImportError:
-        op_def = None
-    else:
-        op_def = op_def_registry.get(op_type)
-    if op_def is None:
-        raise errors.UnknownOp(f"op '{op_type}' is defined neither in the model nor in TensorFlow")
-    return protos.OpDef.FromString(op_def.SerializeToString())
+        with open(cache, "rb") as f:
+            data = f.read()
+    except OSError:
+        logging.debug("graphtap: reading TensorFlow's op registry into %s", cache)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        child = subprocess.run([sys.executable, "-c", _DUMP_OP_LIST], capture_output=True, env=env)
+        if child.returncode != 0:
+            return {}
+        data = child.stdout
+        _write_cache(cache, data)
+    return {op_def.name: op_def for op_def in protos.OpList.FromString(data).op}
+
+
+def _cache_path():
+    """A cache file named after the installed TensorFlow (its path and build)."""
+    spec = importlib.util.find_spec("tensorflow")
+    origin = spec.origin if spec and spec.origin else "none"
+    stat = os.stat(origin) if os.path.exists(origin) else None
+    identity = f"{os.path.realpath(origin)}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    root = os.environ.get("GRAPHTAP_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "graphtap")
+    return os.path.join(root, f"tensorflow-op-list-{digest}.pb")
+
+
+def _write_cache(path, data):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, staging = tempfile.mkstemp(dir=os.path.dirname(path))
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(staging, path)
+    except OSError as error:  # no cache, then: the next run asks TensorFlow again
+        logging.debug("graphtap: cannot cache the op registry: %s", error)

@@ -5,7 +5,8 @@ rewriting a SavedModel is protobuf work. The generated `_pb2` modules of the ins
 TensorFlow embed their serialized file descriptors; we read those out of the source
 files (without executing them or `tensorflow/__init__.py`) into a private descriptor
 pool and build message classes from it. Where that is impossible (an unusual install),
-we fall back to TensorFlow's own modules.
+we fall back to TensorFlow's own modules. Setting GRAPHTAP_PROTOS=tensorflow forces
+that fallback (to compare the two, or to work around a broken install).
 
 Messages from the private pool are not instances of TensorFlow's classes: hand them
 across by serialization (`tf_msg.ParseFromString(ours.SerializeToString())`).
@@ -21,7 +22,10 @@ from absl import logging
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 # The generated modules whose messages graphtap uses; their dependencies come along.
-_ROOT_MODULES = ("tensorflow.core.protobuf.saved_model_pb2",)
+_ROOT_MODULES = (
+    "tensorflow.core.protobuf.saved_model_pb2",
+    "tensorflow.tsl.profiler.protobuf.xplane_pb2",
+)
 
 _IMPORT_RE = re.compile(r"^from ([\w.]+) import (\w+_pb2) as ", re.M)
 _SERIALIZED_RE = re.compile(r"AddSerializedFile\((b'(?:[^'\\]|\\.)*')\)")
@@ -71,11 +75,17 @@ def _tensorflow_pool():
     return descriptor_pool.Default()
 
 
-try:
-    POOL = _private_pool()
-except (ImportError, OSError, TypeError, ValueError) as error:
-    logging.debug("graphtap: private descriptor pool failed (%s); importing TensorFlow's", error)
-    POOL = _tensorflow_pool()
+def _pool():
+    if os.environ.get("GRAPHTAP_PROTOS") == "tensorflow":
+        return _tensorflow_pool()
+    try:
+        return _private_pool()
+    except (ImportError, OSError, TypeError, ValueError) as error:
+        logging.debug("graphtap: private descriptor pool failed (%s); importing TensorFlow's", error)
+        return _tensorflow_pool()
+
+
+POOL = _pool()
 
 
 def _message(full_name):
@@ -88,11 +98,13 @@ GraphDef = _message("tensorflow.GraphDef")
 NodeDef = _message("tensorflow.NodeDef")
 FunctionDef = _message("tensorflow.FunctionDef")
 OpDef = _message("tensorflow.OpDef")
+OpList = _message("tensorflow.OpList")
 AttrValue = _message("tensorflow.AttrValue")
 TensorInfo = _message("tensorflow.TensorInfo")
 TensorShapeProto = _message("tensorflow.TensorShapeProto")
 SignatureDef = _message("tensorflow.SignatureDef")
 SavedObject = _message("tensorflow.SavedObject")
+XSpace = _message("tensorflow.profiler.XSpace")
 
 _DATA_TYPE = POOL.FindEnumTypeByName("tensorflow.DataType")
 

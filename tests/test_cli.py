@@ -127,20 +127,40 @@ def test_output_inside_input_is_refused(keras_cnn):
     assert tree_digest(path) == before
 
 
-def test_tap_and_list_never_import_tensorflow(keras_cnn, nested_module, tf1_builder, tmp_path):
-    code = (
-        "import sys, graphtap\n"
-        "for i, path in enumerate(sys.argv[2:]):\n"
-        "    graphtap.list_targets(path)\n"
-        "    graphtap.tap(path, f'{sys.argv[1]}/{i}', ops=['Relu'])\n"
-        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'\n"
-    )
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path), keras_cnn[0], nested_module[0], tf1_builder[0]],
-        capture_output=True, text=True, env=env, timeout=300)
+def _python(code, *args, **env):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **env)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+TAP_EACH = (
+    "import sys, graphtap\n"
+    "for i, path in enumerate(sys.argv[2:]):\n"
+    "    graphtap.list_targets(path)\n"
+    "    out = f'{sys.argv[1]}/{i}' + ('.pb' if path.endswith('.pb') else '')\n"
+    "    graphtap.tap(path, out, ops=['Relu'])\n"
+    "print('tensorflow' in sys.modules)\n"
+)
+
+
+def test_tap_and_list_never_import_tensorflow(keras_cnn, nested_module, tf1_builder, frozen_graph,
+                                              tmp_path):
+    inputs = [keras_cnn[0], nested_module[0], tf1_builder[0], frozen_graph[0]]
+    # A fresh op-registry cache: the frozen GraphDef makes a child process fill it.
+    result = _python(TAP_EACH, tmp_path / "ours", *inputs, GRAPHTAP_CACHE_DIR=str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(tmp_path)) == ["0", "1", "2"]
+    assert result.stdout.strip() == "False"
+    assert sorted(os.listdir(tmp_path / "ours")) == ["0", "1", "2", "3.pb"]
+    assert len(os.listdir(tmp_path / "c")) == 1
+
+    # The same taps made with TensorFlow's own message classes are the same bytes.
+    result = _python(TAP_EACH, tmp_path / "tf", *inputs, GRAPHTAP_PROTOS="tensorflow")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
+    for name in ("0", "1", "2"):
+        ours = (tmp_path / "ours" / name / "saved_model.pb").read_bytes()
+        assert ours == (tmp_path / "tf" / name / "saved_model.pb").read_bytes()
+    assert (tmp_path / "ours" / "3.pb").read_bytes() == (tmp_path / "tf" / "3.pb").read_bytes()
 
 
 def test_saved_model_cli_show_and_run(keras_cnn, tmp_path):
