@@ -8,7 +8,7 @@ import os
 from graphtap import check, errors, io, protos
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
-from graphtap.rewrite import SignatureObjects, Tap, TapRewrite
+from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
 from graphtap.select import parse_name_selectors, select
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
@@ -90,7 +90,6 @@ def _tap(
     meta_graph = _meta_graph(model, tag_set)
     objects = SignatureObjects(meta_graph.object_graph_def) if meta_graph.HasField(
         "object_graph_def") else None
-    rewrite = TapRewrite(meta_graph.graph_def, meta_graph.signature_def, objects)
     keys = _signature_keys(meta_graph, signatures, model.path)
     if mode == "add":
         if tapped_signature and len(keys) > 1:
@@ -98,7 +97,7 @@ def _tap(
         sources, keys = keys, [tapped_signature or f"{key}_tapped" for key in keys]
         for source, key in zip(sources, keys):
             if key not in meta_graph.signature_def:  # else: re-tapping extends it
-                rewrite.add_signature(source, key)
+                add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
 
     index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
     taps, already = [], []
@@ -112,7 +111,7 @@ def _tap(
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
-    rewrite.apply(taps)
+    TapRewrite(index, meta_graph.signature_def, objects).apply(taps)
     check.check_saved_model(meta_graph, objects, keys)
     records = [_record(t) for t in taps]
     manifest = _manifest(model.path, records)
@@ -158,7 +157,7 @@ def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
     if not fresh:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
-    TapRewrite(model.proto).apply(taps)
+    TapRewrite(index).apply(taps)
     io.write_graph_def(model.proto, model.path, output_path, overwrite)
     return Report(model.path, output_path, tuple(_record(t) for t in taps), tuple(already))
 

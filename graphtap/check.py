@@ -20,6 +20,7 @@ def check_saved_model(meta_graph, objects, signature_keys):
     functions = {f.signature.name: f for f in graph_def.library.function}
     registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
     outer = {node.name: node for node in graph_def.node}
+    checked = set()
     for key in signature_keys:
         signature = meta_graph.signature_def[key]
         for output_key, info in signature.outputs.items():
@@ -30,18 +31,18 @@ def check_saved_model(meta_graph, objects, signature_keys):
             outputs = registry.outputs(node)
             if int(index) >= len(outputs) or outputs[int(index)].dtype != info.dtype:
                 _fail(f"signature '{key}' output '{output_key}' has no such tensor", info.name)
-            _check_call(node, functions, seen=set())
+            _check_call(node, functions, checked)
         if objects is not None and objects.node_id(key) is not None:
             _check_object_signature(key, signature, objects, functions)
 
 
-def _check_call(node, functions, seen):
-    """A call node's Tout agrees with its callee, whose rets are well-formed; recursively."""
+def _check_call(node, functions, checked):
+    """A call node's Tout agrees with its callee, whose rets are well-formed; recursively.
+    `checked` holds the functions already checked."""
     callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
     callee = functions.get(callee_name)
-    if callee is None or callee_name in seen:
+    if callee is None:
         return
-    seen.add(callee_name)
     output_types = [arg.type for arg in callee.signature.output_arg]
     if node.op in CALL_OPS and list(node.attr["Tout"].list.type) != output_types:
         _fail(f"Tout of call node '{node.name}' disagrees with '{callee_name}'", callee_name)
@@ -49,6 +50,9 @@ def _check_call(node, functions, seen):
         output_types
     ):
         _fail(f"_output_shapes of call node '{node.name}' has the wrong length", callee_name)
+    if callee_name in checked:
+        return
+    checked.add(callee_name)
     names = [arg.name for arg in callee.signature.output_arg]
     if sorted(names) != sorted(callee.ret):
         _fail("output args and ret disagree", callee_name)
@@ -59,7 +63,7 @@ def _check_call(node, functions, seen):
             _fail(f"ret names missing tensor '{ref}'", callee_name)
     for inner in callee.node_def:
         if inner.op in CALL_OPS or inner.op in functions:
-            _check_call(inner, functions, seen)
+            _check_call(inner, functions, checked)
 
 
 def _check_object_signature(key, signature, objects, functions):

@@ -77,9 +77,13 @@ def call_target(node, functions):
     return None
 
 
-def function_attrs(node):
-    """Every (attr name, function name) a node refers to through its attrs."""
-    for attr_name, value in node.attr.items():
+def function_attrs(node, registry):
+    """Every (attr name, function name) a node refers to through attrs its OpDef types
+    `func` or `list(func)` (a call node's `f`, a While's `body` and `cond`, ...)."""
+    for attr_name in registry.function_attr_names(node.op):
+        if attr_name not in node.attr:
+            continue
+        value = node.attr[attr_name]
         if value.HasField("func"):
             yield attr_name, value.func.name
         for func in value.list.func:
@@ -95,10 +99,19 @@ class GraphIndex:
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self.outer_nodes = {node.name: node for node in graph_def.node}
 
-    def body_nodes(self, function):
-        if function is None:
-            return self.graph_def.node
-        return self.functions[function].node_def
+    def references(self, names):
+        """{function: [(body, node name)]}: every node that refers to a named function,
+        by calling it or through an attr; body None is the outer graph."""
+        references = {name: [] for name in names}
+        bodies = [(None, self.graph_def.node)]
+        bodies += [(name, f.node_def) for name, f in self.functions.items()]
+        for body, nodes in bodies:
+            for node in nodes:
+                targets = {name for _, name in function_attrs(node, self.registry)}
+                targets.add(call_target(node, self.functions))
+                for target in targets & references.keys():
+                    references[target].append((body, node.name))
+        return references
 
     def candidates_from(self, root_nodes):
         """Every tensor computed to produce `root_nodes` (outer-graph node names)."""
@@ -149,7 +162,7 @@ class GraphIndex:
             if callee is not None:
                 call = Call(function, node.name, callee)
                 self._collect(callee, calls + (call,), blocked, active, found)
-            for attr_name, name in function_attrs(node):
+            for attr_name, name in function_attrs(node, self.registry):
                 if callee is not None and attr_name == "f":
                     continue
                 where = f"function '{function}'" if function else "the graph"

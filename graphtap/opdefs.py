@@ -20,6 +20,7 @@ from absl import logging
 from graphtap import errors, protos
 
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+_FUNC_TYPES = frozenset({"func", "list(func)"})
 
 # One output tensor of a node: `arg` and `index` name it inside a function body
 # (`node:arg:index`); its position in the node's flat output list names it in a graph.
@@ -32,6 +33,7 @@ class OpRegistry:
     def __init__(self, stripped_op_list=(), functions=None):
         self._op_defs = {op_def.name: op_def for op_def in stripped_op_list}
         self._functions = functions or {}
+        self._function_attrs = {}
 
     def op_def(self, op_type):
         function = self._functions.get(op_type)
@@ -41,6 +43,14 @@ class OpRegistry:
         if op_def is None:
             op_def = self._op_defs[op_type] = _registered_op_def(op_type)
         return op_def
+
+    def function_attr_names(self, op_type):
+        """Names of the op's attrs whose type is `func` or `list(func)`."""
+        names = self._function_attrs.get(op_type)
+        if names is None:
+            names = tuple(a.name for a in self.op_def(op_type).attr if a.type in _FUNC_TYPES)
+            self._function_attrs[op_type] = names
+        return names
 
     def outputs(self, node):
         """The node's outputs, in TensorFlow's flat order."""

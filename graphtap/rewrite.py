@@ -23,8 +23,6 @@ from google.protobuf import message
 from graphtap import errors
 from graphtap.index import (
     TAP_PREFIX,
-    call_target,
-    function_attrs,
     node_of,
     tensor_ref,
     unknown_shape,
@@ -120,32 +118,34 @@ def signature_call_node(signature_def):
     return nodes.pop() if len(nodes) == 1 else None
 
 
+def add_signature(graph_def, signature_defs, objects, source, new):
+    """`add` mode: signature `new`, a copy of `source` computed by its own call node, so
+    that `source` and everything it uses stay untouched by the taps added to `new`."""
+    signature = signature_defs[new]
+    signature.CopyFrom(signature_defs[source])
+    if objects is None or objects.node_id(source) is None:
+        return  # a flat TF1 signature names graph tensors directly
+    call_name = signature_call_node(signature)
+    call = graph_def.node.add()
+    call.CopyFrom(next(n for n in graph_def.node if n.name == call_name))
+    call.name = unique_name(TAP_PREFIX + new, {n.name for n in graph_def.node})
+    for info in signature.outputs.values():
+        info.name = call.name + info.name[len(call_name):]
+    objects.add_signature(new, like=source)
+
+
 class TapRewrite:
     """Applies taps to one graph in place. `signature_defs` and `objects` are None for a
     GraphDef; `objects` is None for TF1 SavedModels."""
 
-    def __init__(self, graph_def, signature_defs=None, objects=None):
-        self.graph_def = graph_def
+    def __init__(self, index, signature_defs=None, objects=None):
+        self.index = index
+        self.graph_def = graph_def = index.graph_def
         self.signature_defs = signature_defs
         self.objects = objects
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         # Output counts before the rewrite, which appends to functions edited in place.
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
-
-    def add_signature(self, source, new):
-        """`add` mode: signature `new`, a copy of `source` computed by its own call node,
-        so that `source` and everything it uses stay untouched."""
-        signature = self.signature_defs[new]
-        signature.CopyFrom(self.signature_defs[source])
-        if self.objects is None or self.objects.node_id(source) is None:
-            return  # a flat TF1 signature names graph tensors directly
-        call_name = signature_call_node(signature)
-        call = self.graph_def.node.add()
-        call.CopyFrom(next(n for n in self.graph_def.node if n.name == call_name))
-        call.name = unique_name(TAP_PREFIX + new, {n.name for n in self.graph_def.node})
-        for info in signature.outputs.values():
-            info.name = call.name + info.name[len(call_name):]
-        self.objects.add_signature(new, like=source)
 
     def apply(self, taps):
         """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
@@ -241,17 +241,10 @@ class TapRewrite:
 
     def _references(self, names):
         """{function: [(kind, where, node)]} for every reference to the named functions."""
-        references = {name: [] for name in names}
-        bodies = [(None, self.graph_def.node)]
-        bodies += [(name, f.node_def) for name, f in self.functions.items()]
-        for body_name, nodes in bodies:
-            for node in nodes:
-                targets = {name for _, name in function_attrs(node)}
-                callee = call_target(node, self.functions)
-                if callee is not None:
-                    targets.add(callee)
-                for target in targets & references.keys():
-                    references[target].append(("node", body_name, node.name))
+        references = {
+            name: [("node", body, node) for body, node in nodes]
+            for name, nodes in self.index.references(names).items()
+        }
         for gradient in self.graph_def.library.gradient:
             for name in (gradient.function_name, gradient.gradient_func):
                 if name in references:

@@ -5,6 +5,7 @@ import os
 import graphtap
 from graphtap import io, protos
 from graphtap.api import MANIFEST
+from graphtap.index import GraphIndex
 from graphtap.rewrite import SignatureObjects, TapRewrite
 
 
@@ -19,7 +20,8 @@ def test_no_op_rewrite_reproduces_saved_model_pb(keras_cnn, nested_module, tf1_b
         model = io.read(path)
         for meta_graph in model.proto.meta_graphs:
             objects = SignatureObjects(meta_graph.object_graph_def)
-            TapRewrite(meta_graph.graph_def, meta_graph.signature_def, objects).apply([])
+            index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+            TapRewrite(index, meta_graph.signature_def, objects).apply([])
         out = str(tmp_path / str(i))
         io.write_saved_model(model.proto, path, out, {}, overwrite=False)
         assert _read_pb(out) == _read_pb(path)
