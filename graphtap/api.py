@@ -88,8 +88,7 @@ def _tap(
         return _tap_graph_def(model, output_path, name_selectors, ops, overwrite)
 
     meta_graph = _meta_graph(model, tag_set)
-    objects = SignatureObjects(meta_graph.object_graph_def) if meta_graph.HasField(
-        "object_graph_def") else None
+    objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
     if mode == "add":
         if tapped_signature and len(keys) > 1:
@@ -103,8 +102,7 @@ def _tap(
     taps, already = [], []
     for key in keys:
         signature = meta_graph.signature_def[key]
-        roots = [node_of(info.name) for info in signature.outputs.values()]
-        selected = select(index.candidates_from(roots), name_selectors, ops)
+        selected = select(_candidates(index, signature, objects, key), name_selectors, ops)
         already += [c.name for c, _ in selected if c.tapped_by]
         fresh = [(c, k) for c, k in selected if not c.tapped_by]
         for candidate, tap_key in assign_keys(fresh, signature.outputs.keys()):
@@ -131,11 +129,24 @@ def _list_targets(input_path, signatures, tag_set):
         return GraphIndex(model.proto).all_candidates()
     meta_graph = _meta_graph(model, tag_set)
     index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+    objects = _objects(meta_graph)
     found = []
     for key in _signature_keys(meta_graph, signatures, model.path):
         signature = meta_graph.signature_def[key]
-        found += index.candidates_from([node_of(i.name) for i in signature.outputs.values()])
+        found += _candidates(index, signature, objects, key)
     return found
+
+
+def _objects(meta_graph):
+    if meta_graph.HasField("object_graph_def"):
+        return SignatureObjects(meta_graph.object_graph_def)
+    return None
+
+
+def _candidates(index, signature, objects, key):
+    roots = [node_of(info.name) for info in signature.outputs.values()]
+    is_tf2 = objects is not None and objects.node_id(key) is not None
+    return index.candidates_from(roots, outer_tensors=not is_tf2)
 
 
 @contextlib.contextmanager

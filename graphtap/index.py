@@ -113,11 +113,16 @@ class GraphIndex:
                     references[target].append((body, node.name))
         return references
 
-    def candidates_from(self, root_nodes):
-        """Every tensor computed to produce `root_nodes` (outer-graph node names)."""
+    def candidates_from(self, root_nodes, outer_tensors=True):
+        """Every tensor computed to produce `root_nodes` (outer-graph node names).
+
+        `outer_tensors=False` leaves out the outer graph's own tensors: in a TF2 signature
+        those are only its inputs and the call node's outputs, and the TF2 loader takes a
+        signature's outputs from its function alone.
+        """
         cone = self._outer_cone(root_nodes)
         found = []
-        self._collect(None, (), None, frozenset(), found, only=cone)
+        self._collect(None, (), None, frozenset(), found, only=cone, tensors=outer_tensors)
         return found
 
     def all_candidates(self):
@@ -139,7 +144,7 @@ class GraphIndex:
             stack.extend(node_of(ref) for ref in node.input)
         return seen
 
-    def _collect(self, function, calls, blocked, active, found, only=None):
+    def _collect(self, function, calls, blocked, active, found, only=None, tensors=True):
         if function is None:
             nodes = self.graph_def.node
         else:
@@ -156,7 +161,7 @@ class GraphIndex:
         for node in nodes:
             if only is not None and node.name not in only:
                 continue
-            if not node.name.startswith(TAP_PREFIX):
+            if tensors and not node.name.startswith(TAP_PREFIX):
                 self._add_outputs(function, calls, blocked, node, tapped, found)
             callee = call_target(node, self.functions)
             if callee is not None:

@@ -249,3 +249,21 @@ def test_export_hook_keras_and_module(keras_cnn, nested_module, tmp_path):
     _, _, mix = _nested_reference(module, VECTORS["x"])
     assert_close(run_tf1(str(tmp_path / "module"), "serving_default", VECTORS)["mix"], mix)
     assert sorted(os.listdir(tmp_path)) == ["keras", "module"]  # no staging left behind
+
+
+def test_tapping_every_tensor(keras_cnn, tmp_path):
+    """`.*` selects every tensor the signature computes inside its functions (not the
+    outer graph's inputs and call outputs, which the TF2 loader cannot return)."""
+    path, model = keras_cnn
+    out = str(tmp_path / "tapped")
+    report = graphtap.tap(path, out, names=[".*"])
+    assert len(report.taps) > 40
+    assert all(r.call_path for r in report.taps)
+    original = run_tf2(path, "serving_default", IMAGES)
+    by_tf2 = run_tf2(out, "serving_default", IMAGES)
+    by_tf1 = run_tf1(out, "serving_default", IMAGES)
+    assert sorted(by_tf2) == sorted(by_tf1) == sorted(["output_0", *(r.key for r in report.taps)])
+    assert_bit_identical(by_tf2, original, ["output_0"])
+    assert_bit_identical(by_tf1, original, ["output_0"])
+    dense = next(r.key for r in report.taps if r.node == "cnn_1/dense_1/Relu")
+    assert_close(by_tf1[dense], submodel_outputs(model, ["dense"], IMAGES["image"])["dense"])
