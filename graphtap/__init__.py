@@ -9,7 +9,9 @@ TensorFlow runtime.
 from graphtap.api import Report, TapRecord, list_targets, tap
 from graphtap.errors import GraphtapError
 from graphtap.hook import export
+from graphtap.verification import Verification, verify
 
-__all__ = ["GraphtapError", "Report", "TapRecord", "export", "list_targets", "tap"]
+__all__ = ["GraphtapError", "Report", "TapRecord", "Verification", "export", "list_targets",
+           "tap", "verify"]
 __version__ = "0.1.0"
 

@@ -21,6 +21,7 @@ class TapRecord:
     """One tap as written to the manifest: where it comes from and how to fetch it."""
 
     signature: str  # None for a GraphDef
+    source_signature: str  # the signature whose outputs `signature` has (differs in add mode)
     key: str  # output key in the signature (for a GraphDef, the Identity's name)
     function: str  # function holding the Identity (None: the outer graph)
     node: str  # the tapped node, and which of its outputs
@@ -90,11 +91,13 @@ def _tap(
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
+    sources = {key: key for key in keys}
     if mode == "add":
         if tapped_signature and len(keys) > 1:
             raise errors.GraphtapError("tapped_signature names one signature; several were given")
-        sources, keys = keys, [tapped_signature or f"{key}_tapped" for key in keys]
-        for source, key in zip(sources, keys):
+        keys = [tapped_signature or f"{key}_tapped" for key in sources]
+        sources = dict(zip(keys, sources))
+        for key, source in sources.items():
             if key not in meta_graph.signature_def:  # else: re-tapping extends it
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
 
@@ -111,7 +114,7 @@ def _tap(
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     TapRewrite(index, meta_graph.signature_def, objects).apply(taps)
     check.check_saved_model(meta_graph, objects, keys)
-    records = [_record(t) for t in taps]
+    records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)
     return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))))
@@ -170,7 +173,7 @@ def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
     TapRewrite(index).apply(taps)
     io.write_graph_def(model.proto, model.path, output_path, overwrite)
-    return Report(model.path, output_path, tuple(_record(t) for t in taps), tuple(already))
+    return Report(model.path, output_path, tuple(_record(t, None) for t in taps), tuple(already))
 
 
 def _meta_graph(model, tag_set):
@@ -206,10 +209,11 @@ def _signature_keys(meta_graph, signatures, path):
     return keys
 
 
-def _record(tap):
+def _record(tap, source_signature):
     c = tap.candidate
     return TapRecord(
         signature=tap.signature,
+        source_signature=source_signature,
         key=tap.key,
         function=tap.function,
         node=c.node,

@@ -2,8 +2,10 @@
 
     graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP
     graphtap list --input=DIR
+    graphtap verify --original=DIR --tapped=DIR [--inputs=NAME=FILE.npy] [--runs=N]
 
-Exit status: 0 on success, 2 on any error (one line on stderr, no traceback).
+Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
+stderr, no traceback).
 """
 
 import os
@@ -15,7 +17,7 @@ import graphtap
 from graphtap import errors, protos
 
 FLAGS = flags.FLAGS
-VERBS = ("tap", "list")
+VERBS = ("tap", "list", "verify")
 
 flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, .pbtxt).")
 flags.DEFINE_string("output", None, "tap: where to write the tapped model (directory, or file "
@@ -31,12 +33,21 @@ flags.DEFINE_enum("mode", "extend", ["extend", "add"], "tap: `extend` adds the t
 flags.DEFINE_string("tapped_signature", None, "tap, --mode=add: name of the new signature.")
 flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-separated.")
 flags.DEFINE_bool("overwrite", False, "tap: replace an existing output.")
+flags.DEFINE_string("original", None, "verify: the SavedModel that was tapped.")
+flags.DEFINE_string("tapped", None, "verify: the tapped SavedModel.")
+flags.DEFINE_multi_string("inputs", [], "verify: NAME=FILE.npy, an input for every signature "
+                          "with that input (others get seeded random inputs). Repeatable.")
+flags.DEFINE_integer("runs", 1, "verify: with N > 1, also report each signature's median "
+                     "latency over N runs, original and tapped.", lower_bound=1)
 
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in VERBS:
         raise errors.GraphtapError(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
                                    "(see --help)")
+    if argv[1] == "verify":
+        _verify()
+        return
     _require("input")
     if argv[1] == "tap":
         _require("output")
@@ -57,6 +68,35 @@ def main(argv):
         rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims), c.function or "",
                  "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
         _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
+
+
+def _verify():
+    import numpy as np
+
+    from graphtap.verification import verify  # imports TensorFlow
+
+    _require("original")
+    _require("tapped")
+    inputs = {}
+    for spec in FLAGS.inputs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise errors.GraphtapError("--inputs takes NAME=FILE.npy", spec)
+        try:
+            inputs[name] = np.load(path)
+        except (OSError, ValueError) as error:
+            raise errors.GraphtapError(f"cannot read input: {error}", path) from None
+    result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
+    rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
+             c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
+    _print_table(("path", "signature", "key", "kind", "shape", "status", "max abs diff"), rows)
+    for signature, (original, tapped) in sorted(result.latency.items()):
+        print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped {tapped * 1e3:.2f} ms"
+              f" (median of {FLAGS.runs})")
+    failed = sum(c.status != "match" for c in result.checks)
+    print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
+    if failed:
+        sys.exit(1)
 
 
 def _require(name):
@@ -96,7 +136,7 @@ def _quiet_tensorflow():
 
 _HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
 _OWN_FLAGS = ("input", "output", "tap_name", "tap_op", "signature_def", "mode",
-              "tapped_signature", "tag_set", "overwrite")
+              "tapped_signature", "tag_set", "overwrite", "original", "tapped", "inputs", "runs")
 
 
 def _parse_flags(argv):

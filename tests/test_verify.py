@@ -1,0 +1,76 @@
+"""`graphtap verify`: passes on good rewrites, fails clearly on a broken one."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import graphtap
+from graphtap import protos
+
+
+@pytest.fixture(scope="module")
+def tapped_models(keras_cnn, nested_module, tf1_builder, tmp_path_factory):
+    root = tmp_path_factory.mktemp("verify")
+    made = {}
+    for name, (path, _), options in (
+        ("cnn", keras_cnn, dict(ops=["Relu", "Softmax"])),
+        ("cnn_add", keras_cnn, dict(names=["cnn_1/dense_1/Relu=aaa"], mode="add")),
+        ("nested", nested_module, dict(names=["act", "mix"], signatures=["serving_default", "hidden"])),
+        ("tf1", tf1_builder, dict(names=["hidden/Relu", "top:1"])),
+    ):
+        out = str(root / name)
+        graphtap.tap(path, out, **options)
+        made[name] = (path, out)
+    return made
+
+
+@pytest.mark.parametrize("name", ["cnn", "cnn_add", "nested", "tf1"])
+def test_verify_passes_on_good_rewrites(tapped_models, name):
+    original, tapped = tapped_models[name]
+    result = graphtap.verify(original, tapped)
+    assert result.ok, [c for c in result.checks if c.status != "match"]
+    assert {c.path for c in result.checks} == {"tf2", "tf1"} or name == "tf1"
+    assert any(c.is_tap for c in result.checks) and any(not c.is_tap for c in result.checks)
+
+
+def _break(tapped_dir):
+    """Points the original output `probs` at another tensor and a tap at an int tensor."""
+    path = os.path.join(tapped_dir, "saved_model.pb")
+    with open(path, "rb") as f:
+        saved_model = protos.SavedModel.FromString(f.read())
+    outputs = saved_model.meta_graphs[0].signature_def["serving_default"].outputs
+    outputs["probs"].name = "logits:0"
+    outputs["hidden_Relu"].name = "top:1"
+    outputs["hidden_Relu"].dtype = protos.dtype_enum("DT_INT32")
+    outputs["hidden_Relu"].tensor_shape.CopyFrom(outputs["top_indices"].tensor_shape)
+    with open(path, "wb") as f:
+        f.write(saved_model.SerializeToString())
+
+
+def test_verify_fails_on_a_broken_model(tapped_models, tmp_path):
+    original, tapped = tapped_models["tf1"]
+    broken = str(tmp_path / "broken")
+    subprocess.run(["cp", "-r", tapped, broken], check=True)
+    _break(broken)
+    result = graphtap.verify(original, broken)
+    assert not result.ok
+    status = {(c.key, c.path): c.status for c in result.checks}
+    assert status[("probs", "tf1")] == "diff"
+    assert status[("hidden_Relu", "tf1")] == "dtype int32 != manifest float32"
+    assert status[("top_indices", "tf1")] == "match"
+    diff = next(c for c in result.checks if c.key == "probs")
+    assert diff.max_abs_diff > 0
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    cli = subprocess.run([sys.executable, "-m", "graphtap", "verify", f"--original={original}",
+                          f"--tapped={broken}", "--runs=3"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert cli.returncode == 1
+    lines = cli.stdout.splitlines()
+    assert lines[0].split()[:3] == ["path", "signature", "key"]
+    assert any(line.split()[:3] == ["tf1", "serving_default", "probs"] and "diff" in line
+               for line in lines)
+    assert any(line.startswith("latency serving_default: original") for line in lines)
+    assert lines[-1].endswith("checks match") and not lines[-1].startswith("0 of")
