@@ -6,6 +6,7 @@ import json
 import os
 
 from graphtap import check, errors, io, protos
+from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
@@ -41,6 +42,7 @@ class Report:
     output: str
     taps: tuple  # TapRecord
     already_tapped: tuple  # names of selected tensors that earlier taps already expose
+    warnings: tuple = ()  # taps that cost speed (they stop a Grappler fusion)
 
     @property
     def output_names(self):
@@ -112,12 +114,14 @@ def _tap(
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
+    warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
     TapRewrite(index, meta_graph.signature_def, objects).apply(taps)
     check.check_saved_model(meta_graph, objects, keys)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)
-    return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))))
+    return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))),
+                  tuple(warnings))
 
 
 def list_targets(input_path, signatures=None, tag_set="serve"):
@@ -171,9 +175,11 @@ def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
     if not fresh:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
+    warnings = fusion_warnings(index, taps)
     TapRewrite(index).apply(taps)
     io.write_graph_def(model.proto, model.path, output_path, overwrite)
-    return Report(model.path, output_path, tuple(_record(t, None) for t in taps), tuple(already))
+    records = tuple(_record(t, None) for t in taps)
+    return Report(model.path, output_path, records, tuple(already), tuple(warnings))
 
 
 def _meta_graph(model, tag_set):

@@ -115,6 +115,8 @@ def _print_report(report):
              r.node if r.output == 0 else f"{r.node}:{r.output}") for r in report.taps]
     _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
     print(f"tapped {len(report.taps)} tensor(s) -> {report.output}")
+    for warning in report.warnings:
+        print(f"warning: {warning}")
     if report.already_tapped:
         print(f"already tapped, left as they were: {', '.join(report.already_tapped)}")
     if report.taps and report.taps[0].signature is None:

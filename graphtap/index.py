@@ -99,6 +99,12 @@ class GraphIndex:
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self.outer_nodes = {node.name: node for node in graph_def.node}
 
+    def body_nodes(self, function):
+        """The nodes of a function's body, or of the outer graph for None."""
+        if function is None:
+            return self.graph_def.node
+        return self.functions[function].node_def
+
     def references(self, names):
         """{function: [(body, node name)]}: every node that refers to a named function,
         by calling it or through an attr; body None is the outer graph."""

@@ -267,3 +267,17 @@ def test_tapping_every_tensor(keras_cnn, tmp_path):
     assert_bit_identical(by_tf1, original, ["output_0"])
     dense = next(r.key for r in report.taps if r.node == "cnn_1/dense_1/Relu")
     assert_close(by_tf1[dense], submodel_outputs(model, ["dense"], IMAGES["image"])["dense"])
+
+
+def test_fusion_warnings_name_taps_that_break_a_grappler_fusion(keras_cnn, tmp_path):
+    path, _ = keras_cnn
+    report = graphtap.tap(path, str(tmp_path / "middle"),
+                          names=["cnn_1/conv_res_1/(convolution|BiasAdd|Relu)"])
+    assert len(report.warnings) == 2
+    assert report.warnings[0].startswith(
+        "tap 'cnn_1_conv_res_1_convolution' is inside a Conv2D+BiasAdd+Relu chain")
+    assert "'cnn_1_conv_res_1_BiasAdd'" in report.warnings[1]
+    assert all("tapping 'cnn_1/conv_res_1/Relu' instead keeps it" in w for w in report.warnings)
+    # The chains' last ops, and ops in no chain, cost nothing.
+    report = graphtap.tap(path, str(tmp_path / "ends"), ops=["Relu", "Softmax", "AddV2"])
+    assert report.warnings == ()
