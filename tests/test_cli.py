@@ -163,6 +163,7 @@ def test_tap_and_list_never_import_tensorflow(keras_cnn, nested_module, tf1_buil
     assert (tmp_path / "ours" / "3.pb").read_bytes() == (tmp_path / "tf" / "3.pb").read_bytes()
 
 
+@pytest.mark.compat("saved_model_cli show / run")
 def test_saved_model_cli_show_and_run(keras_cnn, tmp_path):
     path, _ = keras_cnn
     out = str(tmp_path / "tapped")

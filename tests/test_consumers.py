@@ -24,6 +24,7 @@ def tapped(keras_cnn, tmp_path_factory):
     return path, out, run_tf2(out, "serving_default", IMAGES)
 
 
+@pytest.mark.compat("tf.lite.TFLiteConverter.from_saved_model")
 def test_tflite_converter_keeps_taps_as_signature_outputs(tapped):
     _, out, expected = tapped
     converter = tf.lite.TFLiteConverter.from_saved_model(out, signature_keys=["serving_default"])
@@ -36,6 +37,7 @@ def test_tflite_converter_keeps_taps_as_signature_outputs(tapped):
             assert_close(outputs[key][0], expected[key][i], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.compat("convert_variables_to_constants_v2")
 def test_convert_variables_to_constants_v2_keeps_taps(tapped):
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
@@ -52,6 +54,7 @@ def test_convert_variables_to_constants_v2_keeps_taps(tapped):
         assert_close(value.numpy(), expected[key])
 
 
+@pytest.mark.compat("keras.layers.TFSMLayer")
 def test_keras_tfsmlayer_returns_taps(tapped):
     _, out, expected = tapped
     layer = keras.layers.TFSMLayer(out, call_endpoint="serving_default")
@@ -69,6 +72,7 @@ def test_tf1_session_path_matches_tf2_path(tapped):
     assert_bit_identical(by_session, run_tf1(path, "serving_default", IMAGES), ["output_0"])
 
 
+@pytest.mark.compat("While loop outputs (Keras LSTM)")
 def test_loop_output_of_keras_lstm(keras_lstm, tmp_path):
     """The While loop's own outputs are tappable: the LSTM layer's output, a slice of them."""
     path, model = keras_lstm

@@ -74,6 +74,7 @@ def cnn_tapped(keras_cnn, tmp_path_factory):
     return path, model, out, report
 
 
+@pytest.mark.compat("tf.saved_model.load", "TF1 Session (TF Serving's path)")
 def test_keras_cnn_taps_equal_keras_submodel_on_both_load_paths(cnn_tapped):
     path, model, out, report = cnn_tapped
     keys = {r.node: r.key for r in report.taps}

@@ -27,6 +27,7 @@ def tapped_models(keras_cnn, nested_module, tf1_builder, tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_add", "nested", "tf1"])
+@pytest.mark.compat("graphtap verify")
 def test_verify_passes_on_good_rewrites(tapped_models, name):
     original, tapped = tapped_models[name]
     result = graphtap.verify(original, tapped)
