@@ -86,3 +86,35 @@ def test_loop_output_of_keras_lstm(keras_lstm, tmp_path):
         assert_bit_identical(outputs, original, ["output_0"])
         assert_close(outputs["lstm"], np.asarray(reference))
         assert outputs["rnn_1_lstm_1_while_4"].shape == (3, 4)
+
+
+class Branchy(tf.Module):
+    """A tf.cond (StatelessIf) and a tf.switch_case (StatelessCase)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                  tf.TensorSpec([], tf.int32, name="k")])
+    def __call__(self, x, k):
+        chosen = tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0, name="cond")
+        cased = tf.switch_case(k, [lambda: x + 1.0, lambda: x * x, lambda: -x], name="case")
+        return {"output_0": chosen + cased}
+
+
+@pytest.mark.compat("If / Case outputs (tf.cond, tf.switch_case)")
+def test_conditional_outputs(tmp_path):
+    path, out = str(tmp_path / "model"), str(tmp_path / "tapped")
+    tf.saved_model.save(Branchy(), path)
+    report = graphtap.tap(path, out, names=["cond=chosen", "case/indexed_case=cased"])
+    assert {r.op for r in report.taps} == {"StatelessIf", "StatelessCase"}
+    x = np.random.default_rng(6).standard_normal((2, 4)).astype("float32")
+    for sign in (1, -1):
+        for k in range(3):
+            inputs = {"x": sign * np.abs(x), "k": np.int32(k)}
+            xs = inputs["x"]
+            chosen = xs * 2 if xs.sum() > 0 else xs - 1
+            cased = [xs + 1, xs * xs, -xs][k]
+            original = run_tf2(path, "serving_default", inputs)
+            for run in (run_tf2, run_tf1):
+                outputs = run(out, "serving_default", inputs)
+                assert_bit_identical(outputs, original, ["output_0"])
+                assert_close(outputs["chosen"], chosen)
+                assert_close(outputs["cased"], cased)

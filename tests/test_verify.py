@@ -11,7 +11,7 @@ from graphtap import protos
 
 
 @pytest.fixture(scope="module")
-def tapped_models(keras_cnn, nested_module, tf1_builder, tmp_path_factory):
+def tapped_models(keras_cnn, nested_module, tf1_builder, mobilenet_v2, tmp_path_factory):
     root = tmp_path_factory.mktemp("verify")
     made = {}
     for name, (path, _), options in (
@@ -19,6 +19,7 @@ def tapped_models(keras_cnn, nested_module, tf1_builder, tmp_path_factory):
         ("cnn_add", keras_cnn, dict(names=["cnn_1/dense_1/Relu=aaa"], mode="add")),
         ("nested", nested_module, dict(names=["act", "mix"], signatures=["serving_default", "hidden"])),
         ("tf1", tf1_builder, dict(names=["hidden/Relu", "top:1"])),
+        ("mobilenet", mobilenet_v2, dict(ops=["Relu6"])),
     ):
         out = str(root / name)
         graphtap.tap(path, out, **options)
@@ -26,7 +27,7 @@ def tapped_models(keras_cnn, nested_module, tf1_builder, tmp_path_factory):
     return made
 
 
-@pytest.mark.parametrize("name", ["cnn", "cnn_add", "nested", "tf1"])
+@pytest.mark.parametrize("name", ["cnn", "cnn_add", "nested", "tf1", "mobilenet"])
 @pytest.mark.compat("graphtap verify")
 def test_verify_passes_on_good_rewrites(tapped_models, name):
     original, tapped = tapped_models[name]
