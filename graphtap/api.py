@@ -103,14 +103,12 @@ def _tap(
             if key not in meta_graph.signature_def:  # else: re-tapping extends it
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
 
-    index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+    index = _index(meta_graph)
     taps, already = [], []
     for key in keys:
-        signature = meta_graph.signature_def[key]
-        selected = select(_candidates(index, signature, objects, key), name_selectors, ops)
-        already += [c.name for c, _ in selected if c.tapped_by]
-        fresh = [(c, k) for c, k in selected if not c.tapped_by]
-        for candidate, tap_key in assign_keys(fresh, signature.outputs.keys()):
+        selected = select(_candidates(index, meta_graph, objects, key), name_selectors, ops)
+        fresh = _fresh(selected, already)
+        for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
@@ -135,12 +133,10 @@ def _list_targets(input_path, signatures, tag_set):
     if not model.is_saved_model:
         return GraphIndex(model.proto).all_candidates()
     meta_graph = _meta_graph(model, tag_set)
-    index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
-    objects = _objects(meta_graph)
+    index, objects = _index(meta_graph), _objects(meta_graph)
     found = []
     for key in _signature_keys(meta_graph, signatures, model.path):
-        signature = meta_graph.signature_def[key]
-        found += _candidates(index, signature, objects, key)
+        found += _candidates(index, meta_graph, objects, key)
     return found
 
 
@@ -150,8 +146,18 @@ def _objects(meta_graph):
     return None
 
 
-def _candidates(index, signature, objects, key):
-    roots = [node_of(info.name) for info in signature.outputs.values()]
+def _index(meta_graph):
+    return GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+
+
+def _fresh(selected, already):
+    """The selected (candidate, key) pairs not tapped yet; adds the others' names to `already`."""
+    already.extend(c.name for c, _ in selected if c.tapped_by)
+    return [(c, k) for c, k in selected if not c.tapped_by]
+
+
+def _candidates(index, meta_graph, objects, key):
+    roots = [node_of(info.name) for info in meta_graph.signature_def[key].outputs.values()]
     is_tf2 = objects is not None and objects.node_id(key) is not None
     return index.candidates_from(roots, outer_tensors=not is_tf2)
 
@@ -169,9 +175,8 @@ def _about(input_path):
 
 def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
     index = GraphIndex(model.proto)
-    selected = select(index.all_candidates(), name_selectors, ops)
-    already = sorted({c.name for c, _ in selected if c.tapped_by})
-    fresh = [(c, k) for c, k in selected if not c.tapped_by]
+    already = []
+    fresh = _fresh(select(index.all_candidates(), name_selectors, ops), already)
     if not fresh:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
@@ -179,7 +184,7 @@ def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
     TapRewrite(index).apply(taps)
     io.write_graph_def(model.proto, model.path, output_path, overwrite)
     records = tuple(_record(t, None) for t in taps)
-    return Report(model.path, output_path, records, tuple(already), tuple(warnings))
+    return Report(model.path, output_path, records, tuple(sorted(set(already))), tuple(warnings))
 
 
 def _meta_graph(model, tag_set):
