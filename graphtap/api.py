@@ -93,6 +93,7 @@ def _tap(
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
+    check.check_input(meta_graph, objects, keys, model.path)
     sources = {key: key for key in keys}
     if mode == "add":
         if tapped_signature and len(keys) > 1:
@@ -114,7 +115,7 @@ def _tap(
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
     TapRewrite(index, meta_graph.signature_def, objects).apply(taps)
-    check.check_saved_model(meta_graph, objects, keys)
+    check.check_output(meta_graph, objects, keys)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)

@@ -1,7 +1,8 @@
-"""Consistency checks run on a rewritten meta graph before anything is written.
+"""Consistency checks on the parts of a meta graph a loader reads together.
 
-Each part a loader reads must agree with the others (the internals doc lists what fails
-silently when one is skipped). A failure here is a graphtap bug, reported as such.
+Each part must agree with the others (the internals doc lists what fails silently when one
+is skipped). The check runs on the input, where a failure means a broken model, and on the
+rewritten model before anything is written, where it means a graphtap bug.
 """
 
 from graphtap import errors
@@ -14,7 +15,29 @@ class InternalError(errors.GraphtapError):
     """The rewrite produced an inconsistent model: a bug in graphtap."""
 
 
-def check_saved_model(meta_graph, objects, signature_keys):
+class _Inconsistent(Exception):
+    pass
+
+
+def check_input(meta_graph, objects, signature_keys, path):
+    """Raises CorruptModel if what `signature_keys` use is inconsistent in the input."""
+    try:
+        _check(meta_graph, objects, signature_keys)
+    except _Inconsistent as error:
+        what, where = error.args
+        raise errors.CorruptModel(f"inconsistent model: {what} ({where})", path) from None
+
+
+def check_output(meta_graph, objects, signature_keys):
+    """Raises InternalError if the rewrite left what `signature_keys` use inconsistent."""
+    try:
+        _check(meta_graph, objects, signature_keys)
+    except _Inconsistent as error:
+        what, where = error.args
+        raise InternalError(f"graphtap bug, please report: {what}", where) from None
+
+
+def _check(meta_graph, objects, signature_keys):
     """Checks the functions, call nodes and signatures that `signature_keys` use."""
     graph_def = meta_graph.graph_def
     functions = {f.signature.name: f for f in graph_def.library.function}
@@ -83,4 +106,4 @@ def _check_object_signature(key, signature, objects, functions):
 
 
 def _fail(what, where):
-    raise InternalError(f"graphtap bug, please report: {what}", where)
+    raise _Inconsistent(what, where)
