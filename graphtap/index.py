@@ -97,7 +97,7 @@ class GraphIndex:
         self.graph_def = graph_def
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self.registry = OpRegistry(stripped_op_list, self.functions)
-        self.outer_nodes = {node.name: node for node in graph_def.node}
+        self.outer_nodes = _unique_names(graph_def.node, "the graph")
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -160,6 +160,8 @@ class GraphIndex:
                 raise errors.CorruptModel(f"call to missing function '{function}'")
             nodes = self.functions[function].node_def
             active = active | {function}
+        if function is not None:
+            _unique_names(nodes, f"function '{function}'")
         tapped = {}
         for node in nodes:
             if node.name.startswith(TAP_PREFIX) and node.op == "Identity":
@@ -205,6 +207,16 @@ class GraphIndex:
                     tapped_by=tapped.get(ref),
                 )
             )
+
+
+def _unique_names(nodes, where):
+    """{name: node}; a name given twice makes every reference to it ambiguous."""
+    by_name = {}
+    for node in nodes:
+        if node.name in by_name:
+            raise errors.CorruptModel(f"two nodes named '{node.name}' in {where}")
+        by_name[node.name] = node
+    return by_name
 
 
 def unknown_shape():

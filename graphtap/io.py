@@ -17,6 +17,7 @@ from graphtap import errors, protos
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 FINGERPRINT_PB = "fingerprint.pb"
+VARIABLES_INDEX = os.path.join("variables", "variables.index")
 TEXT_SUFFIXES = (".pbtxt", ".txt")
 
 
@@ -50,8 +51,25 @@ def _read_saved_model(directory):
             saved_model = _parse(path, protos.SavedModel, text)
             if not saved_model.meta_graphs:
                 raise errors.CorruptModel("SavedModel has no meta graph", path)
+            if _has_variables(saved_model) and not os.path.isfile(
+                    os.path.join(directory, VARIABLES_INDEX)):
+                raise errors.CorruptModel(f"model has variables but no {VARIABLES_INDEX}",
+                                          directory)
             return saved_model
     raise errors.NotAModel(f"directory has no {SAVED_MODEL_PB}", directory)
+
+
+def _has_variables(saved_model):
+    """Whether loading needs a checkpoint: TF2 variable objects, or TF1 variable ops."""
+    for meta_graph in saved_model.meta_graphs:
+        if any(node.HasField("variable") for node in meta_graph.object_graph_def.nodes):
+            return True
+        if any(node.op in _VARIABLE_OPS for node in meta_graph.graph_def.node):
+            return True
+    return False
+
+
+_VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 
 
 def _parse(path, message_class, text):
