@@ -50,6 +50,15 @@ def _call_cycle(meta_graph):
     call.attr["Tout"].list.type.extend(arg.type for arg in inner.signature.output_arg)
 
 
+def _dangling_ret(meta_graph):
+    """The serving signature's function returns a tensor that does not exist."""
+    call_name = meta_graph.signature_def["serving_default"].outputs["output_0"].name
+    call = next(n for n in meta_graph.graph_def.node if n.name == call_name.split(":")[0])
+    function = next(f for f in meta_graph.graph_def.library.function
+                    if f.signature.name == call.attr["f"].func.name)
+    function.ret[function.signature.output_arg[0].name] = "gone:output:0"
+
+
 def _duplicate_node(meta_graph):
     inner = _inner_function(meta_graph)
     inner.node_def.add().CopyFrom(inner.node_def[0])
@@ -70,11 +79,8 @@ CASES = {
             mg.signature_def["serving_default"].outputs["output_0"], "name", "gone:0")),
         "output 'output_0' names missing node (gone:0)"),
     "call cycle": ("keras_cnn", lambda d: _edit_pb(d, _call_cycle), "call cycle"),
-    "ret names a missing tensor": (
-        "nested_module",
-        lambda d: _edit_pb(d, lambda mg: mg.graph_def.library.function[0].ret.update(
-            {mg.graph_def.library.function[0].signature.output_arg[0].name: "x:output:0"})),
-        "inconsistent model"),
+    "ret names a missing tensor": ("nested_module", lambda d: _edit_pb(d, _dangling_ret),
+                                   "ret names missing tensor 'gone:output:0'"),
     "duplicate node names": ("keras_cnn", lambda d: _edit_pb(d, _duplicate_node),
                              "two nodes named"),
 }
