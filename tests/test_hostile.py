@@ -205,3 +205,43 @@ def test_killed_write_leaves_whole_output_or_none(mobilenet_v2, tmp_path):
         else:
             outcomes["absent"] += 1
     assert sum(outcomes.values()) == 8
+
+
+def test_unreadable_file(keras_cnn, tmp_path, monkeypatch):
+    """Root reads any file here, so the denial is simulated where graphtap opens the file."""
+    import builtins
+
+    import graphtap
+    from graphtap import errors
+
+    def deny(path, *args, **kwargs):
+        if str(path).endswith("saved_model.pb"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr("graphtap.io.open", deny, raising=False)
+    with pytest.raises(errors.NotAModel) as caught:
+        graphtap.tap(keras_cnn[0], str(tmp_path / "out"), ops=["Relu"])
+    assert str(caught.value) == (
+        f"cannot read: Permission denied ({os.path.join(keras_cnn[0], 'saved_model.pb')})")
+    assert os.listdir(tmp_path) == []
+
+
+def test_huge_attr_value_is_handled(keras_cnn, tmp_path):
+    """A 64 MiB string attr (say, an embedded vocabulary) is carried over, not choked on."""
+    model = str(tmp_path / "model")
+    shutil.copytree(keras_cnn[0], model)
+    blob = b"v" * (64 << 20)
+
+    def add_blob(meta_graph):
+        node = _inner_function(meta_graph).node_def[0]
+        node.attr["_graphtap_test_blob"].s = blob
+
+    _edit_pb(model, add_blob)
+    out = tmp_path / "out"
+    process = graphtap_process("tap", f"--input={model}", f"--output={out}", "--tap_op=Relu")
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    with open(out / "saved_model.pb", "rb") as f:
+        tapped = protos.SavedModel.FromString(f.read())
+    assert _inner_function(tapped.meta_graphs[0]).node_def[0].attr["_graphtap_test_blob"].s == blob
