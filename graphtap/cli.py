@@ -137,8 +137,6 @@ def _quiet_tensorflow():
 
 
 _HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
-_OWN_FLAGS = ("input", "output", "tap_name", "tap_op", "signature_def", "mode",
-              "tapped_signature", "tag_set", "overwrite", "original", "tapped", "inputs", "runs")
 
 
 def _parse_flags(argv):
@@ -172,6 +170,6 @@ def run():
     """Console-script entry point."""
     # absl's --help shows the main module's doc and key flags: make those ours.
     sys.modules["__main__"].__doc__ = __doc__
-    for name in _OWN_FLAGS:
-        FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+    for flag in FLAGS.get_flags_for_module(__name__):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(_main_with_errors, flags_parser=_parse_flags)
