@@ -50,7 +50,7 @@ class Report:
         return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
 
 
-def tap(input_path, output_path, names=None, ops=None, **options):
+def tap(input_path, output_path, names=None, ops=None, exclude=None, **options):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
@@ -58,6 +58,7 @@ def tap(input_path, output_path, names=None, ops=None, **options):
       (`node`, or `node:k` for output k > 0); `pattern=key`, or a dict {pattern: key},
       chooses the key.
     ops: op types; every output of every op of these types.
+    exclude: regexes; tensors whose names they full-match are not tapped.
     signatures: signature key(s) to tap; default `serving_default`, or the only one.
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
       `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
@@ -67,7 +68,7 @@ def tap(input_path, output_path, names=None, ops=None, **options):
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
     with _about(input_path):
-        return _tap(input_path, output_path, names, ops, **options)
+        return _tap(input_path, output_path, names, ops, exclude, **options)
 
 
 def _tap(
@@ -75,6 +76,7 @@ def _tap(
     output_path,
     names=None,
     ops=None,
+    exclude=None,
     signatures=None,
     mode="extend",
     tag_set="serve",
@@ -85,10 +87,11 @@ def _tap(
         raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
     name_selectors = parse_name_selectors(names)
     ops = [ops] if isinstance(ops, str) else list(ops or ())
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     model = io.read(input_path)
     io.check_output(input_path, output_path, overwrite)
     if not model.is_saved_model:
-        return _tap_graph_def(model, output_path, name_selectors, ops, overwrite)
+        return _tap_graph_def(model, output_path, name_selectors, ops, exclude, overwrite)
 
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
@@ -107,7 +110,8 @@ def _tap(
     index = _index(meta_graph)
     taps, already = [], []
     for key in keys:
-        selected = select(_candidates(index, meta_graph, objects, key), name_selectors, ops)
+        candidates = _candidates(index, meta_graph, objects, key)
+        selected = select(candidates, name_selectors, ops, exclude)
         fresh = _fresh(selected, already)
         for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
             taps.append(Tap(key, tap_key, candidate))
@@ -174,10 +178,10 @@ def _about(input_path):
         raise
 
 
-def _tap_graph_def(model, output_path, name_selectors, ops, overwrite):
+def _tap_graph_def(model, output_path, name_selectors, ops, exclude, overwrite):
     index = GraphIndex(model.proto)
     already = []
-    fresh = _fresh(select(index.all_candidates(), name_selectors, ops), already)
+    fresh = _fresh(select(index.all_candidates(), name_selectors, ops, exclude), already)
     if not fresh:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]

@@ -1,14 +1,16 @@
 """The `graphtap` command: a thin absl-flags front end over the Python API.
 
     graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP
-    graphtap list --input=DIR
+    graphtap list --input=DIR [--filter=REGEX] [--format=table|json]
     graphtap verify --original=DIR --tapped=DIR [--inputs=NAME=FILE.npy] [--runs=N]
 
 Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
 stderr, no traceback).
 """
 
+import json
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -26,6 +28,10 @@ flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tenso
                           "`graphtap list` shows them (`node`, or `node:k` for output k > 0); "
                           "`REGEX=KEY` chooses the output key. Repeatable.")
 flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
+flags.DEFINE_multi_string("exclude", [], "tap: regex; tensors whose names it full-matches "
+                          "are not tapped (applied after --tap_name/--tap_op). Repeatable.")
+flags.DEFINE_string("filter", None, "list: only tensors whose names this regex searches.")
+flags.DEFINE_enum("format", "table", ["table", "json"], "list: output format.")
 flags.DEFINE_multi_string("signature_def", None, "Signature to tap or list (default: "
                           "serving_default, or the only one). Repeatable.")
 flags.DEFINE_enum("mode", "extend", ["extend", "add"], "tap: `extend` adds the taps to the "
@@ -56,6 +62,7 @@ def main(argv):
             FLAGS.output,
             names=FLAGS.tap_name,
             ops=FLAGS.tap_op,
+            exclude=FLAGS.exclude,
             signatures=FLAGS.signature_def,
             mode=FLAGS.mode,
             tag_set=FLAGS.tag_set,
@@ -64,10 +71,26 @@ def main(argv):
         )
         _print_report(report)
     else:
-        targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
-        rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims), c.function or "",
-                 "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
-        _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
+        _list()
+
+
+def _list():
+    targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
+    if FLAGS.filter:
+        try:
+            pattern = re.compile(FLAGS.filter)
+        except re.error as error:
+            raise errors.GraphtapError(f"invalid --filter regex: {error}", FLAGS.filter) from None
+        targets = [c for c in targets if pattern.search(c.name)]
+    if FLAGS.format == "json":
+        rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),
+                 "shape": c.dims, "function": c.function, "tappable": not c.blocked,
+                 "why_not": c.blocked} for c in targets]
+        print(json.dumps(rows, indent=1))
+        return
+    rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims), c.function or "",
+             "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
+    _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
 
 
 def _verify():

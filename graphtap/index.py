@@ -181,7 +181,7 @@ class GraphIndex:
                 where = f"function '{function}'" if function else "the graph"
                 reason = blocked or (
                     f"inside '{name}', the '{attr_name}' of {node.op} node '{node.name}' in "
-                    f"{where}; tap the outputs of '{node.name}' instead"
+                    f"{where}; tap the outputs of '{node.name}' instead, or leave it out with --exclude"
                 )
                 call = Call(function, node.name, name)
                 self._collect(name, calls + (call,), reason, active, found)

@@ -27,17 +27,15 @@ def parse_name_selectors(names):
     return parsed
 
 
-def select(candidates, names=(), ops=()):
-    """Returns [(candidate, key or None)] in candidate order; raises when a selector
-    matches nothing or a selected tensor cannot be tapped."""
+def select(candidates, names=(), ops=(), exclude=()):
+    """Returns [(candidate, key or None)] in candidate order: the union of what `names`
+    and `ops` select, less the tensors whose names an `exclude` regex full-matches.
+    Raises when a selector matches nothing or a selected tensor cannot be tapped."""
     if not names and not ops:
         raise errors.NoMatch("no selector given: pass --tap_name or --tap_op")
     chosen = {}
     for pattern, key in names:
-        try:
-            regex = re.compile(pattern)
-        except re.error as error:
-            raise errors.NoMatch(f"invalid regex: {error}", pattern) from None
+        regex = _compile(pattern)
         matched = [c for c in candidates if regex.fullmatch(c.name)]
         if not matched:
             raise errors.NoMatch(_no_match_message("name", pattern, {c.name for c in candidates}))
@@ -55,12 +53,24 @@ def select(candidates, names=(), ops=()):
             raise errors.NoMatch(_no_match_message("op", op, {c.op for c in candidates}))
         for candidate in matched:
             chosen.setdefault(candidate, None)
+    for pattern in exclude:
+        regex = _compile(pattern)
+        chosen = {c: k for c, k in chosen.items() if not regex.fullmatch(c.name)}
+    if not chosen:
+        raise errors.NoMatch("every selected tensor is excluded")
     for candidate in chosen:
         if candidate.blocked:
             raise errors.NotTappable(
                 f"{candidate.op} node '{candidate.name}' is {candidate.blocked}"
             )
     return [(c, chosen[c]) for c in candidates if c in chosen]
+
+
+def _compile(pattern):
+    try:
+        return re.compile(pattern)
+    except re.error as error:
+        raise errors.NoMatch(f"invalid regex: {error}", pattern) from None
 
 
 def _merge_key(old, new, candidate):

@@ -4,6 +4,7 @@ These run `python -m graphtap` in subprocesses, which never import TensorFlow fo
 SavedModel, so each costs a fraction of a second.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -186,3 +187,30 @@ def test_saved_model_cli_show_and_run(keras_cnn, tmp_path):
     expected = run_tf1(out, "serving_default", {"image": images})
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "hidden.npy"), expected["hidden"])
     np.testing.assert_array_equal(np.load(tmp_path / "npy" / "output_0.npy"), expected["output_0"])
+
+
+def test_list_filter_json_and_tap_exclude(keras_lstm, tmp_path):
+    path, _ = keras_lstm
+    result = graphtap_cli("list", f"--input={path}", "--filter=lstm_cell_1/Sigmoid",
+                          "--format=json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows and all("lstm_cell_1/Sigmoid" in row["name"] for row in rows)
+    in_loop = [row for row in rows if "/while/" in row["name"]]
+    assert in_loop and all(not row["tappable"] and "While" in row["why_not"] for row in in_loop)
+    assert all(row["tappable"] and row["shape"] == [-1, 4]
+               for row in rows if "/while/" not in row["name"])
+
+    out = str(tmp_path / "tapped")
+    result = graphtap_cli("tap", f"--input={path}", f"--output={out}", "--tap_op=Sigmoid",
+                          "--exclude=.*/while/.*")
+    assert result.returncode == 0, result.stderr
+    sequences = {"sequence": np.ones((2, 5, 3), "float32")}
+    outputs = run_tf1(out, "serving_default", sequences)
+    assert sorted(outputs) == ["output_0", "rnn_1_lstm_1_lstm_cell_1_Sigmoid",
+                               "rnn_1_lstm_1_lstm_cell_1_Sigmoid_1",
+                               "rnn_1_lstm_1_lstm_cell_1_Sigmoid_2"]
+    assert all(0 < v.min() and v.max() < 1 for k, v in outputs.items() if "Sigmoid" in k)
+    result = graphtap_cli("tap", f"--input={path}", f"--output={out}2", "--tap_op=Sigmoid",
+                          "--exclude=.*")
+    assert result.returncode == 2 and "every selected tensor is excluded" in result.stderr
