@@ -16,7 +16,7 @@ class InternalError(errors.GraphtapError):
 
 
 class _Inconsistent(Exception):
-    pass
+    """Raised with (what, where) by a failed check; the callers decide whose fault it is."""
 
 
 def check_input(meta_graph, objects, signature_keys, path):
