@@ -15,7 +15,8 @@ import re
 from graphtap import errors
 
 _INVALID_CHARS = re.compile(r"[^A-Za-z0-9_]")
-VALID_KEY = re.compile(r"^[A-Za-z0-9_.\-]+$")
+KEY_CHARS = r"[A-Za-z0-9_.\-]"  # what a key the user chooses may hold
+VALID_KEY = re.compile(f"^{KEY_CHARS}+$")
 
 
 def sanitize(name):

@@ -144,6 +144,7 @@ class TapRewrite:
         self.signature_defs = signature_defs
         self.objects = objects
         self.functions = {f.signature.name: f for f in graph_def.library.function}
+        self._bodies = dict(self.functions)  # by name, clones included once made
         # Output counts before the rewrite, which appends to functions edited in place.
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
 
@@ -172,6 +173,7 @@ class TapRewrite:
             base = self._output_counts[function] if function else 0
             out_index[function] = {source: base + i for i, (source, *_) in enumerate(outputs)}
 
+        outer_names = {n.name for n in self.graph_def.node} if self.signature_defs is None else None
         for tap in taps:
             c = tap.candidate
             tap.identity = identities[c.function][(c.node, c.output)]
@@ -184,15 +186,16 @@ class TapRewrite:
                 index = out_index[call.caller][("call", call.node, index)]
             tap.tensor = f"{c.calls[0].node}:{index}"
             if self.signature_defs is None:  # a GraphDef: give the tap a node of its own
-                tap.tensor = self._outer_identity(tap)
+                tap.tensor = self._outer_identity(tap, outer_names)
         if self.signature_defs is not None:
             self._update_signatures(taps, clones)
 
-    def _outer_identity(self, tap):
+    def _outer_identity(self, tap, outer_names):
         """An outer-graph Identity of a tap that a call node brings out of a function, so
-        that a converter's output_arrays can name it."""
+        that a converter's output_arrays can name it. Adds its name to `outer_names`."""
         identity = self.graph_def.node.add()
-        identity.name = unique_name(TAP_PREFIX + tap.key, {n.name for n in self.graph_def.node})
+        identity.name = unique_name(TAP_PREFIX + tap.key, outer_names)
+        outer_names.add(identity.name)
         identity.op = "Identity"
         identity.input.append(tap.tensor)
         identity.attr["T"].type = tap.candidate.dtype
@@ -205,6 +208,7 @@ class TapRewrite:
             clone = self.graph_def.library.function.add()
             clone.CopyFrom(self.functions[function])
             clone.signature.name = clones[function]
+            self._bodies[clone.signature.name] = clone
             return clone
         return self.functions[function]
 
@@ -301,13 +305,10 @@ class TapRewrite:
     def _add_function_outputs(self, body, outputs, clones, calls_on_path, function):
         arg_names = {arg.name for arg in body.signature.input_arg}
         arg_names.update(arg.name for arg in body.signature.output_arg)
-        for i, ((kind, node_name, index), dtype, _, ref) in enumerate(outputs):
+        for (_, node_name, index), dtype, _, ref in outputs:
             if ref is None:  # a call by op name: outputs are named after the callee's args
                 callee = calls_on_path[(function, node_name)]
-                callee_def = next(
-                    f for f in self.graph_def.library.function
-                    if f.signature.name == clones.get(callee, callee)
-                )
+                callee_def = self._bodies[clones.get(callee, callee)]
                 ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
             name = unique_name("graphtap_tap", arg_names)
             arg_names.add(name)
@@ -346,10 +347,7 @@ class TapRewrite:
         position = {}
         for output_key, info in signature.outputs.items():
             position[int(info.name.rsplit(":", 1)[1])] = output_key
-        wrapper = next(
-            f for f in self.graph_def.library.function
-            if f.signature.name == self.objects.function_name(key)
-        )
+        wrapper = self._bodies[self.objects.function_name(key)]
         count = len(wrapper.signature.output_arg)
         if sorted(position) != list(range(count)):
             raise errors.CorruptModel(f"signature '{key}' does not name every output of its function")

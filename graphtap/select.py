@@ -4,8 +4,9 @@ import difflib
 import re
 
 from graphtap import errors
+from graphtap.keys import KEY_CHARS
 
-_RENAME_RE = re.compile(r"^(?P<pattern>.+)=(?P<key>[A-Za-z0-9_.\-]+)$")
+_RENAME_RE = re.compile(f"^(?P<pattern>.+)=(?P<key>{KEY_CHARS}+)$")
 
 
 def parse_name_selectors(names):
