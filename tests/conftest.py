@@ -49,6 +49,11 @@ tf1_builder = _model_fixture("tf1_builder")
 frozen_graph = _model_fixture("frozen_graph")
 
 
+def child_env(**extra):
+    """The environment for a child process that runs this checkout's graphtap."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
+
+
 def tree_digest(path):
     """A hash of every file name and content under `path` (or of the file itself)."""
     digest = hashlib.sha256()

@@ -12,14 +12,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import tree_digest
+from conftest import child_env, tree_digest
 from loaders import run_tf1, run_tf2
 
 
 def graphtap_cli(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     return subprocess.run([sys.executable, "-m", "graphtap", *args], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=child_env(), timeout=300)
 
 
 def test_tap_prints_table_and_result_loads(keras_cnn, tmp_path):
@@ -129,9 +128,8 @@ def test_output_inside_input_is_refused(keras_cnn):
 
 
 def _python(code, *args, **env):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)), **env)
     return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
+                          text=True, env=child_env(**env), timeout=300)
 
 
 TAP_EACH = (

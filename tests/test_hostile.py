@@ -14,18 +14,15 @@ import time
 
 import pytest
 import tensorflow as tf
-from conftest import tree_digest
+from conftest import child_env, tree_digest
 from loaders import run_tf2
 
 from graphtap import protos
 
-PYTHONPATH = os.path.dirname(os.path.dirname(__file__))
-
-
 def graphtap_process(*args):
     return subprocess.Popen([sys.executable, "-m", "graphtap", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=PYTHONPATH))
+                            env=child_env())
 
 
 def _edit_pb(model_dir, edit):

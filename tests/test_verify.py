@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from conftest import child_env
+
 import graphtap
 from graphtap import protos
 
@@ -65,10 +67,9 @@ def test_verify_fails_on_a_broken_model(tapped_models, tmp_path):
     diff = next(c for c in result.checks if c.key == "probs")
     assert diff.max_abs_diff > 0
 
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
     cli = subprocess.run([sys.executable, "-m", "graphtap", "verify", f"--original={original}",
                           f"--tapped={broken}", "--runs=3"], capture_output=True, text=True,
-                         env=env, timeout=300)
+                         env=child_env(), timeout=300)
     assert cli.returncode == 1
     lines = cli.stdout.splitlines()
     assert lines[0].split()[:3] == ["path", "signature", "key"]
