@@ -98,6 +98,7 @@ class GraphIndex:
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self.outer_nodes = _unique_names(graph_def.node, "the graph")
+        self._tapped_cache = {}
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -160,12 +161,7 @@ class GraphIndex:
                 raise errors.CorruptModel(f"call to missing function '{function}'")
             nodes = self.functions[function].node_def
             active = active | {function}
-        if function is not None:
-            _unique_names(nodes, f"function '{function}'")
-        tapped = {}
-        for node in nodes:
-            if node.name.startswith(TAP_PREFIX) and node.op == "Identity":
-                tapped[node.input[0]] = node.name
+        tapped = self._tapped(function)
         for node in nodes:
             if only is not None and node.name not in only:
                 continue
@@ -181,10 +177,24 @@ class GraphIndex:
                 where = f"function '{function}'" if function else "the graph"
                 reason = blocked or (
                     f"inside '{name}', the '{attr_name}' of {node.op} node '{node.name}' in "
-                    f"{where}; tap the outputs of '{node.name}' instead, or leave it out with --exclude"
+                    f"{where}; tap the outputs of '{node.name}' instead, or leave it out with "
+                    "--exclude"
                 )
                 call = Call(function, node.name, name)
                 self._collect(name, calls + (call,), reason, active, found)
+
+    def _tapped(self, function):
+        """{tensor ref: graphtap Identity reading it} in one body, computed once per body
+        however many call paths reach it (which is also when its names are checked)."""
+        if function not in self._tapped_cache:
+            nodes = self.body_nodes(function)
+            if function is not None:
+                _unique_names(nodes, f"function '{function}'")
+            self._tapped_cache[function] = {
+                node.input[0]: node.name for node in nodes
+                if node.name.startswith(TAP_PREFIX) and node.op == "Identity" and node.input
+            }
+        return self._tapped_cache[function]
 
     def _add_outputs(self, function, calls, blocked, node, tapped, found):
         shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()
