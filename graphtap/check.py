@@ -47,7 +47,9 @@ def _check(meta_graph, objects, signature_keys):
     for key in signature_keys:
         signature = meta_graph.signature_def[key]
         for output_key, info in signature.outputs.items():
-            node_name, index = info.name.rsplit(":", 1)
+            node_name, colon, index = info.name.rpartition(":")
+            if not colon or not index.isdigit():
+                _fail(f"signature '{key}' output '{output_key}' is no tensor name", info.name)
             node = outer.get(node_name)
             if node is None:
                 _fail(f"signature '{key}' output '{output_key}' names missing node", info.name)

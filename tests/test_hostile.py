@@ -75,6 +75,11 @@ CASES = {
         lambda d: _edit_pb(d, lambda mg: setattr(
             mg.signature_def["serving_default"].outputs["output_0"], "name", "gone:0")),
         "output 'output_0' names missing node (gone:0)"),
+    "signature names no tensor": (
+        "tf1_builder",
+        lambda d: _edit_pb(d, lambda mg: setattr(
+            mg.signature_def["serving_default"].outputs["probs"], "name", "probs")),
+        "output 'probs' is no tensor name (probs)"),
     "call cycle": ("keras_cnn", lambda d: _edit_pb(d, _call_cycle), "call cycle"),
     "ret names a missing tensor": ("nested_module", lambda d: _edit_pb(d, _dangling_ret),
                                    "ret names missing tensor 'gone:output:0'"),
