@@ -10,7 +10,7 @@ from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import parse_name_selectors, select
+from graphtap.select import Prefilter, parse_name_selectors, select
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
 INIT_OP_SIGNATURE = "__saved_model_init_op"
@@ -96,7 +96,9 @@ def _tap(
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
-    check.check_input(meta_graph, objects, keys, model.path)
+    index = _index(meta_graph)
+    # Before add_signature: that adds to the outer graph, which the index has not read yet.
+    check.check_input(meta_graph, objects, keys, model.path, index)
     sources = {key: key for key in keys}
     if mode == "add":
         if tapped_signature and len(keys) > 1:
@@ -107,19 +109,24 @@ def _tap(
             if key not in meta_graph.signature_def:  # else: re-tapping extends it
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
 
-    index = _index(meta_graph)
+    keep = Prefilter(name_selectors, ops)
     taps, already = [], []
     for key in keys:
-        candidates = _candidates(index, meta_graph, objects, key)
-        selected = select(candidates, name_selectors, ops, exclude)
+        try:
+            selected = select(_candidates(index, meta_graph, objects, key, keep),
+                              name_selectors, ops, exclude)
+        except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
+            select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
+            raise
         fresh = _fresh(selected, already)
         for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
-    TapRewrite(index, meta_graph.signature_def, objects).apply(taps)
-    check.check_output(meta_graph, objects, keys)
+    rewrite = TapRewrite(index, meta_graph.signature_def, objects)
+    rewrite.apply(taps)
+    check.check_output(meta_graph, objects, keys, set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)
@@ -161,10 +168,10 @@ def _fresh(selected, already):
     return [(c, k) for c, k in selected if not c.tapped_by]
 
 
-def _candidates(index, meta_graph, objects, key):
+def _candidates(index, meta_graph, objects, key, keep=None):
     roots = [node_of(info.name) for info in meta_graph.signature_def[key].outputs.values()]
     is_tf2 = objects is not None and objects.node_id(key) is not None
-    return index.candidates_from(roots, outer_tensors=not is_tf2)
+    return index.candidates_from(roots, outer_tensors=not is_tf2, keep=keep)
 
 
 @contextlib.contextmanager
@@ -181,7 +188,13 @@ def _about(input_path):
 def _tap_graph_def(model, output_path, name_selectors, ops, exclude, overwrite):
     index = GraphIndex(model.proto)
     already = []
-    fresh = _fresh(select(index.all_candidates(), name_selectors, ops, exclude), already)
+    try:
+        selected = select(index.all_candidates(Prefilter(name_selectors, ops)),
+                          name_selectors, ops, exclude)
+    except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
+        select(index.all_candidates(), name_selectors, ops, exclude)
+        raise
+    fresh = _fresh(selected, already)
     if not fresh:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
@@ -252,5 +265,11 @@ def _manifest(model_dir, records):
                 previous = json.load(f)["taps"]
         except (OSError, ValueError, KeyError, TypeError):
             raise errors.CorruptModel("unreadable graphtap manifest", path) from None
-    taps = previous + [dataclasses.asdict(record) for record in records]
-    return (json.dumps({"taps": taps}, indent=2) + "\n").encode("utf-8")
+    taps = previous + [_as_dict(record) for record in records]
+    # One tap per line: readable, and json's C encoder does not indent.
+    lines = ",\n".join("  " + json.dumps(tap) for tap in taps)
+    return ('{"taps": [\n' + lines + "\n]}\n").encode("utf-8")
+
+
+def _as_dict(record):
+    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}

@@ -19,31 +19,39 @@ class _Inconsistent(Exception):
     """Raised with (what, where) by a failed check; the callers decide whose fault it is."""
 
 
-def check_input(meta_graph, objects, signature_keys, path):
-    """Raises CorruptModel if what `signature_keys` use is inconsistent in the input."""
+def check_input(meta_graph, objects, signature_keys, path, index=None):
+    """Raises CorruptModel if what `signature_keys` use is inconsistent in the input.
+    `index`, a GraphIndex of the input, lends the names and calls it reads in function
+    bodies (the outer graph is read here, not through the index)."""
     try:
-        _check(meta_graph, objects, signature_keys)
+        _check(meta_graph, objects, signature_keys, trusted=(), index=index)
     except _Inconsistent as error:
         what, where = error.args
         raise errors.CorruptModel(f"inconsistent model: {what} ({where})", path) from None
 
 
-def check_output(meta_graph, objects, signature_keys):
-    """Raises InternalError if the rewrite left what `signature_keys` use inconsistent."""
+def check_output(meta_graph, objects, signature_keys, unchanged=()):
+    """Raises InternalError if the rewrite left what `signature_keys` use inconsistent.
+    `unchanged`: functions that check_input passed and the rewrite left as they were
+    (their bodies are not read again; the calls to them still are checked)."""
     try:
-        _check(meta_graph, objects, signature_keys)
+        _check(meta_graph, objects, signature_keys, trusted=unchanged, index=None)
     except _Inconsistent as error:
         what, where = error.args
         raise InternalError(f"graphtap bug, please report: {what}", where) from None
 
 
-def _check(meta_graph, objects, signature_keys):
-    """Checks the functions, call nodes and signatures that `signature_keys` use."""
+def _check(meta_graph, objects, signature_keys, trusted, index):
+    """Checks the functions, call nodes and signatures that `signature_keys` use; the
+    bodies of `trusted` functions are taken as checked."""
     graph_def = meta_graph.graph_def
     functions = {f.signature.name: f for f in graph_def.library.function}
     registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
-    outer = {node.name: node for node in graph_def.node}
-    checked = set()
+    named = {node_of(info.name) for key in signature_keys
+             for info in meta_graph.signature_def[key].outputs.values()}
+    outer = {node.name: node for node in graph_def.node if node.name in named}
+    outputs_of = {}  # node name -> its outputs, resolved once however many signature outputs
+    calls = _CallChecker(functions, trusted, index)
     for key in signature_keys:
         signature = meta_graph.signature_def[key]
         for output_key, info in signature.outputs.items():
@@ -53,42 +61,69 @@ def _check(meta_graph, objects, signature_keys):
             node = outer.get(node_name)
             if node is None:
                 _fail(f"signature '{key}' output '{output_key}' names missing node", info.name)
-            outputs = registry.outputs(node)
+            if node_name not in outputs_of:
+                outputs_of[node_name] = registry.outputs(node)
+            outputs = outputs_of[node_name]
             if int(index) >= len(outputs) or outputs[int(index)].dtype != info.dtype:
                 _fail(f"signature '{key}' output '{output_key}' has no such tensor", info.name)
-            _check_call(node, functions, checked)
+        for node_name in sorted({node_of(info.name) for info in signature.outputs.values()}):
+            calls.check(outer[node_name])
         if objects is not None and objects.node_id(key) is not None:
             _check_object_signature(key, signature, objects, functions)
 
 
-def _check_call(node, functions, checked):
-    """A call node's Tout agrees with its callee, whose rets are well-formed; recursively.
-    `checked` holds the functions already checked."""
-    callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
-    callee = functions.get(callee_name)
-    if callee is None:
-        return
-    output_types = [arg.type for arg in callee.signature.output_arg]
-    if node.op in CALL_OPS and list(node.attr["Tout"].list.type) != output_types:
-        _fail(f"Tout of call node '{node.name}' disagrees with '{callee_name}'", callee_name)
-    if "_output_shapes" in node.attr and len(node.attr["_output_shapes"].list.shape) != len(
-        output_types
-    ):
-        _fail(f"_output_shapes of call node '{node.name}' has the wrong length", callee_name)
-    if callee_name in checked:
-        return
-    checked.add(callee_name)
-    names = [arg.name for arg in callee.signature.output_arg]
-    if sorted(names) != sorted(callee.ret):
-        _fail("output args and ret disagree", callee_name)
-    body = {n.name: n for n in callee.node_def}
-    inputs = {arg.name for arg in callee.signature.input_arg}
-    for ref in callee.ret.values():
-        if ref not in inputs and node_of(ref) not in body:
-            _fail(f"ret names missing tensor '{ref}'", callee_name)
-    for inner in callee.node_def:
-        if inner.op in CALL_OPS or inner.op in functions:
-            _check_call(inner, functions, checked)
+class _CallChecker:
+    """Checks call nodes and, once each, the functions they call."""
+
+    def __init__(self, functions, trusted, index):
+        self.functions = functions
+        self.index = index
+        self.checked = set(trusted)  # functions whose bodies need no (further) check
+        self._output_types = {}
+
+    def check(self, node):
+        """The call node's Tout agrees with its callee, whose rets are well-formed;
+        recursively through the calls in the callee."""
+        callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
+        callee = self.functions.get(callee_name)
+        if callee is None:
+            return
+        if callee_name not in self._output_types:
+            self._output_types[callee_name] = [arg.type for arg in callee.signature.output_arg]
+        output_types = self._output_types[callee_name]
+        if node.op in CALL_OPS and list(node.attr["Tout"].list.type) != output_types:
+            _fail(f"Tout of call node '{node.name}' disagrees with '{callee_name}'", callee_name)
+        if "_output_shapes" in node.attr and len(node.attr["_output_shapes"].list.shape) != len(
+            output_types
+        ):
+            _fail(f"_output_shapes of call node '{node.name}' has the wrong length", callee_name)
+        if callee_name in self.checked:
+            return
+        self.checked.add(callee_name)
+        names = [arg.name for arg in callee.signature.output_arg]
+        if sorted(names) != sorted(callee.ret):
+            _fail("output args and ret disagree", callee_name)
+        body, calls = self._names_and_calls(callee_name, callee)
+        inputs = {arg.name for arg in callee.signature.input_arg}
+        for ref in callee.ret.values():
+            if ref not in inputs and node_of(ref) not in body:
+                _fail(f"ret names missing tensor '{ref}'", callee_name)
+        for inner in calls:
+            self.check(inner)
+
+    def _names_and_calls(self, name, function):
+        """The body's node names, and its nodes that call a function."""
+        if self.index is not None:
+            body = self.index.body(name)
+            calls = [body.nodes[i] for i, refs in body.references.items()
+                     if any(is_call for _, _, is_call in refs)]
+            return set(body.names), calls
+        names, calls = set(), []
+        for inner in function.node_def:
+            names.add(inner.name)
+            if inner.op in CALL_OPS or inner.op in self.functions:
+                calls.append(inner)
+        return names, calls
 
 
 def _check_object_signature(key, signature, objects, functions):

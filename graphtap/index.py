@@ -8,6 +8,7 @@ with `arg` the OpDef's output-arg name; function inputs are bare arg names.
 
 import collections
 import dataclasses
+import functools
 
 from graphtap import errors, protos
 from graphtap.opdefs import CALL_OPS, OpRegistry
@@ -22,7 +23,7 @@ _HANDLE_DTYPES = frozenset(map(protos.dtype_enum, ("DT_RESOURCE", "DT_VARIANT"))
 Call = collections.namedtuple("Call", "caller node callee")
 
 
-@dataclasses.dataclass(frozen=True, eq=False)  # identity: one object per tensor and path
+@dataclasses.dataclass(eq=False, slots=True)  # identity: one object per tensor and path
 class Candidate:
     """One tensor a signature computes, reached through one call path."""
 
@@ -90,6 +91,65 @@ def function_attrs(node, registry):
             yield attr_name, func.name
 
 
+class _Body:
+    """One body's node names, ops and function references, read from the protobuf once:
+    reading a field of a protobuf message costs far more than reading a Python list."""
+
+    def __init__(self, index, function):
+        self.function = function
+        self.nodes = index.body_nodes(function)
+        self._index = index
+
+    @functools.cached_property
+    def ops(self):
+        return [node.op for node in self.nodes]
+
+    @functools.cached_property
+    def names(self):
+        """Node names; checked unique, as every reference to a name given twice is ambiguous."""
+        names = [node.name for node in self.nodes]
+        if len(set(names)) != len(names):
+            where = f"function '{self.function}'" if self.function else "the graph"
+            _unique_names(self.nodes, where)  # raises, naming the duplicate
+        return names
+
+    @functools.cached_property
+    def position(self):
+        """{node name: position in the body}."""
+        return {name: i for i, name in enumerate(self.names)}
+
+    @functools.cached_property
+    def references(self):
+        """{node position: [(attr name, function name, is a call)]} for every node that
+        refers to a function: by a call op's `f`, by running it as its op type (attr name
+        None), or through another func attr (a While's `body`, an If's branches, ...)."""
+        index = self._index
+        referring = {
+            op for op in set(self.ops)
+            if op in CALL_OPS or op in index.functions or index.registry.function_attr_names(op)
+        }
+        found = {}
+        for i, op in enumerate(self.ops):
+            if op not in referring:
+                continue
+            node = self.nodes[i]
+            refs = [(attr, name, attr == "f" and op in CALL_OPS)
+                    for attr, name in function_attrs(node, index.registry)]
+            if op in index.functions:
+                refs.append((None, op, True))
+            found[i] = refs
+        return found
+
+    @functools.cached_property
+    def tapped(self):
+        """{tensor ref: graphtap Identity reading it}."""
+        return {
+            self.nodes[i].input[0]: name
+            for i, name in enumerate(self.names)
+            if name.startswith(TAP_PREFIX) and self.ops[i] == "Identity" and self.nodes[i].input
+        }
+
+
 class GraphIndex:
     """The outer graph and function library of one meta graph or GraphDef."""
 
@@ -97,8 +157,7 @@ class GraphIndex:
         self.graph_def = graph_def
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self.registry = OpRegistry(stripped_op_list, self.functions)
-        self.outer_nodes = _unique_names(graph_def.node, "the graph")
-        self._tapped_cache = {}
+        self._bodies = {}
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -106,95 +165,101 @@ class GraphIndex:
             return self.graph_def.node
         return self.functions[function].node_def
 
+    def body(self, function):
+        """The _Body of a function (None: the outer graph), read once."""
+        body = self._bodies.get(function)
+        if body is None:
+            body = self._bodies[function] = _Body(self, function)
+        return body
+
     def references(self, names):
         """{function: [(body, node name)]}: every node that refers to a named function,
         by calling it or through an attr; body None is the outer graph."""
         references = {name: [] for name in names}
-        bodies = [(None, self.graph_def.node)]
-        bodies += [(name, f.node_def) for name, f in self.functions.items()]
-        for body, nodes in bodies:
-            for node in nodes:
-                targets = {name for _, name in function_attrs(node, self.registry)}
-                targets.add(call_target(node, self.functions))
-                for target in targets & references.keys():
-                    references[target].append((body, node.name))
+        for function in (None, *self.functions):
+            body = self.body(function)
+            for i, refs in body.references.items():
+                for target in {name for _, name, _ in refs} & references.keys():
+                    references[target].append((function, body.nodes[i].name))
         return references
 
-    def candidates_from(self, root_nodes, outer_tensors=True):
+    def candidates_from(self, root_nodes, outer_tensors=True, keep=None):
         """Every tensor computed to produce `root_nodes` (outer-graph node names).
 
         `outer_tensors=False` leaves out the outer graph's own tensors: in a TF2 signature
         those are only its inputs and the call node's outputs, and the TF2 loader takes a
         signature's outputs from its function alone.
+
+        `keep`, a select.Prefilter, if given, says which nodes may be wanted: only their
+        outputs become candidates, which spares resolving every node's outputs.
         """
         cone = self._outer_cone(root_nodes)
         found = []
-        self._collect(None, (), None, frozenset(), found, only=cone, tensors=outer_tensors)
+        self._collect(None, (), None, frozenset(), found, cone, outer_tensors, keep)
         return found
 
-    def all_candidates(self):
+    def all_candidates(self, keep=None):
         """Every tensor of the graph (for frozen GraphDefs, which have no signatures)."""
         found = []
-        self._collect(None, (), None, frozenset(), found)
+        self._collect(None, (), None, frozenset(), found, None, True, keep)
         return found
 
     def _outer_cone(self, root_nodes):
+        body = self.body(None)
         seen, stack = set(), list(root_nodes)
         while stack:
             name = stack.pop()
             if name in seen:
                 continue
-            node = self.outer_nodes.get(name)
-            if node is None:
+            position = body.position.get(name)
+            if position is None:
                 raise errors.CorruptModel(f"graph has no node '{name}'")
             seen.add(name)
-            stack.extend(node_of(ref) for ref in node.input)
+            stack.extend(node_of(ref) for ref in body.nodes[position].input)
         return seen
 
-    def _collect(self, function, calls, blocked, active, found, only=None, tensors=True):
-        if function is None:
-            nodes = self.graph_def.node
-        else:
+    def _collect(self, function, calls, blocked, active, found, only, tensors, keep):
+        if function is not None:
             if function in active:
                 raise errors.CorruptModel(f"function library has a call cycle through '{function}'")
             if function not in self.functions:
                 raise errors.CorruptModel(f"call to missing function '{function}'")
-            nodes = self.functions[function].node_def
             active = active | {function}
-        tapped = self._tapped(function)
-        for node in nodes:
-            if only is not None and node.name not in only:
+        body = self.body(function)
+        visit = set(body.references)
+        if tensors:
+            producers = self._producers(body, keep)
+            visit.update(producers)
+        for i in sorted(visit):
+            name = body.names[i]
+            if only is not None and name not in only:
                 continue
-            if tensors and not node.name.startswith(TAP_PREFIX):
-                self._add_outputs(function, calls, blocked, node, tapped, found)
-            callee = call_target(node, self.functions)
-            if callee is not None:
-                call = Call(function, node.name, callee)
-                self._collect(callee, calls + (call,), blocked, active, found)
-            for attr_name, name in function_attrs(node, self.registry):
-                if callee is not None and attr_name == "f":
-                    continue
-                where = f"function '{function}'" if function else "the graph"
-                reason = blocked or (
-                    f"inside '{name}', the '{attr_name}' of {node.op} node '{node.name}' in "
-                    f"{where}; tap the outputs of '{node.name}' instead, or leave it out with "
-                    "--exclude"
-                )
-                call = Call(function, node.name, name)
-                self._collect(name, calls + (call,), reason, active, found)
+            if tensors and i in producers:
+                self._add_outputs(function, calls, blocked, body.nodes[i], body.tapped, found)
+            for attr_name, callee, is_call in body.references.get(i, ()):
+                reason = blocked
+                if not is_call:
+                    where = f"function '{function}'" if function else "the graph"
+                    reason = blocked or (
+                        f"inside '{callee}', the '{attr_name}' of {body.ops[i]} node '{name}' in "
+                        f"{where}; tap the outputs of '{name}' instead, or leave it out with "
+                        "--exclude"
+                    )
+                call = Call(function, name, callee)
+                self._collect(callee, calls + (call,), reason, active, found, None, True, keep)
 
-    def _tapped(self, function):
-        """{tensor ref: graphtap Identity reading it} in one body, computed once per body
-        however many call paths reach it (which is also when its names are checked)."""
-        if function not in self._tapped_cache:
-            nodes = self.body_nodes(function)
-            if function is not None:
-                _unique_names(nodes, f"function '{function}'")
-            self._tapped_cache[function] = {
-                node.input[0]: node.name for node in nodes
-                if node.name.startswith(TAP_PREFIX) and node.op == "Identity" and node.input
-            }
-        return self._tapped_cache[function]
+    def _producers(self, body, keep):
+        """Positions of the body's nodes whose outputs may be candidates: not graphtap's
+        own, and (with a Prefilter `keep`) possibly selected."""
+        names, ops = body.names, body.ops
+        if keep is None:
+            return {i for i, name in enumerate(names) if not name.startswith(TAP_PREFIX)}
+        wanted, count = keep.ops, self.registry.output_count
+        return {
+            i for i, (name, op) in enumerate(zip(names, ops))
+            if (op in wanted or keep.regexes and keep.names_match(name, count(body.nodes[i])))
+            and not name.startswith(TAP_PREFIX)
+        }
 
     def _add_outputs(self, function, calls, blocked, node, tapped, found):
         shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()

@@ -37,7 +37,7 @@ def assign_keys(selected, existing_keys):
         if chosen in existing_keys:
             raise errors.BadKey("key is already an output of the signature", chosen)
     taken.update(chosen for _, chosen in selected if chosen is not None)
-    keyed = {}
+    keyed, counters = {}, {}
     for group in by_tensor.values():
         candidate, chosen = group[0]
         base = chosen or sanitize(candidate.name)
@@ -45,7 +45,7 @@ def assign_keys(selected, existing_keys):
         for (candidate, chosen), suffix in zip(group, suffixes):
             key = base + suffix
             if chosen is None or suffix:
-                key = unique_name(key, taken)
+                key = unique_name(key, taken, counters)
             taken.add(key)
             keyed[candidate] = key
     return [(candidate, keyed[candidate]) for candidate, _ in selected]
@@ -64,11 +64,26 @@ def _path_suffixes(candidates):
     return suffixes
 
 
-def unique_name(name, taken):
-    """`name`, or `name_1`, `name_2`, ... : the first not in `taken`."""
+def unique_name(name, taken, counters=None):
+    """`name`, or `name_1`, `name_2`, ... : the first not in `taken`. `counters`, a dict
+    kept across calls while `taken` only grows, remembers where each search stopped."""
     if name not in taken:
         return name
-    n = 1
+    n = counters.get(name, 1) if counters is not None else 1
     while f"{name}_{n}" in taken:
         n += 1
+    if counters is not None:
+        counters[name] = n + 1
     return f"{name}_{n}"
+
+
+def fresh_names(base, taken):
+    """Yields `base`, `base_1`, `base_2`, ... skipping those in `taken`, to which each
+    name yielded is added (one pass, however many names are drawn)."""
+    n = 0
+    while True:
+        name = base if n == 0 else f"{base}_{n}"
+        n += 1
+        if name not in taken:
+            taken.add(name)
+            yield name

@@ -34,6 +34,7 @@ class OpRegistry:
         self._op_defs = {op_def.name: op_def for op_def in stripped_op_list}
         self._functions = functions or {}
         self._function_attrs = {}
+        self._fixed_output_counts = {}  # op type -> output count, None if it varies by node
 
     def op_def(self, op_type):
         function = self._functions.get(op_type)
@@ -51,6 +52,16 @@ class OpRegistry:
             names = tuple(a.name for a in self.op_def(op_type).attr if a.type in _FUNC_TYPES)
             self._function_attrs[op_type] = names
         return names
+
+    def output_count(self, node):
+        """How many outputs the node has (cheap for ops whose count never varies)."""
+        op_type = node.op
+        if op_type not in self._fixed_output_counts:
+            args = self.op_def(op_type).output_arg
+            varies = any(arg.number_attr or arg.type_list_attr for arg in args)
+            self._fixed_output_counts[op_type] = None if varies else len(args)
+        count = self._fixed_output_counts[op_type]
+        return len(self.outputs(node)) if count is None else count
 
     def outputs(self, node):
         """The node's outputs, in TensorFlow's flat order."""

@@ -27,7 +27,7 @@ from graphtap.index import (
     tensor_ref,
     unknown_shape,
 )
-from graphtap.keys import unique_name
+from graphtap.keys import fresh_names, unique_name
 from graphtap.opdefs import CALL_OPS
 
 
@@ -147,6 +147,7 @@ class TapRewrite:
         self._bodies = dict(self.functions)  # by name, clones included once made
         # Output counts before the rewrite, which appends to functions edited in place.
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
+        self.edited_in_place = set()  # functions whose own body `apply` changed
 
     def apply(self, taps):
         """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
@@ -159,8 +160,12 @@ class TapRewrite:
             c = tap.candidate
             local[c.function][(c.node, c.output)] = c
 
+        self._calls_by_caller = collections.defaultdict(list)
+        for (caller, node_name), callee in calls_on_path.items():
+            self._calls_by_caller[caller].append((node_name, callee))
         clones = self._plan_clones(calls_on_path, taps)
         order = _callees_first(calls_on_path)
+        self.edited_in_place = {function for function in order if function not in clones}
         out_index = {}
         new_outputs = {}
         identities = {}
@@ -263,7 +268,8 @@ class TapRewrite:
         """Adds the Identities and re-exports for one body; returns its new outputs
         [(source, dtype, shape)] and {(node, output): Identity name}."""
         nodes = body.node_def if body is not None else self.graph_def.node
-        names = {node.name for node in nodes}
+        indexed = self.index.body(function)  # a clone's nodes are in its original's order
+        names = set(indexed.names)
         outputs, identities = [], {}
         for (node_name, output), candidate in sorted(targets.items()):
             identity = nodes.add()
@@ -280,10 +286,12 @@ class TapRewrite:
             if function is not None:
                 outputs.append((("local", node_name, output), candidate.dtype, candidate.shape,
                                 f"{identity.name}:output:0"))
-        for node in list(nodes):
-            callee = calls_on_path.get((function, node.name))
-            if callee is None:
-                continue
+        calls_here = sorted(
+            (indexed.position[node_name], callee)
+            for node_name, callee in self._calls_by_caller[function]
+        )
+        for position, callee in calls_here:
+            node = nodes[position]
             callee_name = clones.get(callee, callee)
             if node.op in CALL_OPS:
                 node.attr["f"].func.name = callee_name
@@ -305,13 +313,13 @@ class TapRewrite:
     def _add_function_outputs(self, body, outputs, clones, calls_on_path, function):
         arg_names = {arg.name for arg in body.signature.input_arg}
         arg_names.update(arg.name for arg in body.signature.output_arg)
+        new_names = fresh_names("graphtap_tap", arg_names)
         for (_, node_name, index), dtype, _, ref in outputs:
             if ref is None:  # a call by op name: outputs are named after the callee's args
                 callee = calls_on_path[(function, node_name)]
                 callee_def = self._bodies[clones.get(callee, callee)]
                 ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
-            name = unique_name("graphtap_tap", arg_names)
-            arg_names.add(name)
+            name = next(new_names)
             arg = body.signature.output_arg.add()
             arg.name = name
             arg.type = dtype

@@ -28,6 +28,24 @@ def parse_name_selectors(names):
     return parsed
 
 
+class Prefilter:
+    """Which nodes selectors may want, judged from a node's name, op and output count
+    alone, so that the index resolves the outputs of those nodes only."""
+
+    def __init__(self, names=(), ops=()):
+        self.ops = frozenset(ops)
+        self.regexes = [_compile(pattern) for pattern, _ in names]
+
+    def names_match(self, name, output_count):
+        """Whether a name regex full-matches `name` or `name:k` for some output k > 0."""
+        for regex in self.regexes:
+            if regex.fullmatch(name):
+                return True
+            if any(regex.fullmatch(f"{name}:{k}") for k in range(1, output_count)):
+                return True
+        return False
+
+
 def select(candidates, names=(), ops=(), exclude=()):
     """Returns [(candidate, key or None)] in candidate order: the union of what `names`
     and `ops` select, less the tensors whose names an `exclude` regex full-matches.

@@ -1,13 +1,30 @@
-"""Benchmarks: whole-process `graphtap tap` against `python -c "import tensorflow"`.
+"""Benchmarks graphtap's rewrite against the floor of reading and writing the protobuf,
+and against the Keras rebuild a user would write without graphtap.
 
-The two commands run alternately, `--repeats` times each, on Keras 3 exports of
-keras.applications models (weights=None, built once into --workdir). Reported: median and
-min-max wall time, their ratio, and each process's peak RSS (from wait4).
+Models: Keras 3 exports of keras.applications models (weights=None) and synthetic
+SavedModels from tools/make_synthetic.py, each built once into --workdir by a child
+process. Reported, as median (min-max) over --repeats runs, alternated, in this process:
 
-    python tools/bench.py [--models=resnet50,densenet121] [--repeats=7]
+  floor      read saved_model.pb, parse it, serialize it (deterministically, as graphtap
+             does), write it with fsync (as graphtap does) into a new directory and
+             hard-link the variables and assets there;
+  all acts   graphtap.tap of every activation output (Relu, Relu6, Sigmoid, Swish ops);
+  one op     graphtap.tap of one activation, by name;
+  baseline   keras.Model with the outputs of every activation layer added, then
+             `export` (the Keras model already built, so neither loading nor building
+             it is counted); Keras applications only.
+
+Then, in child processes: the peak RSS of a process that taps every activation, against
+4 x the size of saved_model.pb plus the peak RSS of `import tensorflow`; and the
+whole-process time of the `graphtap tap` command for --cli_model against
+`python -c "import tensorflow"`.
+
+    python tools/bench.py [--models=resnet50,synthetic_100k] [--repeats=5]
 """
 
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -15,35 +32,98 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_list("models", ["resnet50", "densenet121"], "keras.applications models to use.")
-flags.DEFINE_integer("repeats", 7, "Runs of each command.")
-flags.DEFINE_string("workdir", "/tmp/graphtap-bench", "Where exports and outputs go.")
+import graphtap
+from graphtap import protos
+
+flags.DEFINE_list("models", ["mobilenetv2", "resnet50", "efficientnetb0", "densenet121",
+                             "synthetic_1k", "synthetic_10k", "synthetic_100k"], "Models.")
+flags.DEFINE_integer("repeats", 5, "Runs of each in-process measurement.")
+flags.DEFINE_integer("baseline_repeats", 3, "Runs of the Keras rebuild baseline.")
+flags.DEFINE_string("cli_model", "resnet50", "Model for the whole-process CLI timing.")
+flags.DEFINE_string("workdir", "/tmp/graphtap-bench", "Where models and outputs go.")
 FLAGS = flags.FLAGS
 
-APPLICATIONS = {"resnet50": "ResNet50", "densenet121": "DenseNet121", "mobilenetv2": "MobileNetV2",
-                "efficientnetb0": "EfficientNetB0"}
+APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
+                "efficientnetb0": "EfficientNetB0", "densenet121": "DenseNet121"}
+SYNTHETIC = {"synthetic_1k": (1_000, 3), "synthetic_10k": (10_000, 10),
+             "synthetic_100k": (100_000, 10)}  # nodes, fanout
+ACTIVATION_OPS = ("Relu", "Relu6", "Sigmoid", "Swish")
+TOOLS = os.path.dirname(os.path.abspath(__file__))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def export(name):
-    """The model's Keras 3 export under --workdir (built on first use).
-
-    Built in a child process: this one must stay small, because a child's peak RSS, as
-    the kernel reports it, starts from its parent's size at fork.
-    """
+def model_dir(name):
+    """The model's SavedModel under --workdir, built on first use by a child process (so
+    that this process stays free of TensorFlow and small: a child's peak RSS, as the
+    kernel reports it, starts from its parent's size at fork)."""
     path = os.path.join(FLAGS.workdir, name)
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
-        code = (f"import keras; keras.applications.{APPLICATIONS[name]}(weights=None)"
-                f".export({path!r}, verbose=False)")
-        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+        if name in APPLICATIONS:
+            command = [sys.executable, "-c", f"import keras; keras.applications."
+                       f"{APPLICATIONS[name]}(weights=None).export({path!r}, verbose=False)"]
+        else:
+            nodes, fanout = SYNTHETIC[name]
+            command = [sys.executable, os.path.join(TOOLS, "make_synthetic.py"),
+                       f"--nodes={nodes}", f"--fanout={fanout}", f"--out={path}"]
+        subprocess.run(command, check=True, capture_output=True, env=ENV)
     return path
 
 
-def timed_process(command):
-    """(seconds, peak RSS in MiB) of one child process."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def node_count(path):
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        graph = protos.SavedModel.FromString(f.read()).meta_graphs[0].graph_def
+    return len(graph.node) + sum(len(function.node_def) for function in graph.library.function)
+
+
+def floor(source, output):
+    """What any rewrite of the file must do: read, parse, serialize, write, link."""
+    with open(os.path.join(source, "saved_model.pb"), "rb") as f:
+        model = protos.SavedModel.FromString(f.read())
+    data = model.SerializeToString(deterministic=True)
+    os.makedirs(output)
+    with open(os.path.join(output, "saved_model.pb"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    for name in ("variables", "assets"):
+        if os.path.isdir(os.path.join(source, name)):
+            shutil.copytree(os.path.join(source, name), os.path.join(output, name),
+                            copy_function=os.link)
+
+
+def activation_selectors(path):
+    """(the activation op types the model has, the name of its first activation)."""
+    targets = [c for c in graphtap.list_targets(path) if c.op in ACTIVATION_OPS and not c.blocked]
+    return sorted({c.op for c in targets}), targets[0].name
+
+
+def timed(function, *args):
+    output = os.path.join(FLAGS.workdir, "out")
+    shutil.rmtree(output, ignore_errors=True)
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    function(*args, output)
+    return time.perf_counter() - start
+
+
+def in_process(name):
+    """{measure: [seconds]} for floor, all activations and one op, alternated."""
+    path = model_dir(name)
+    ops, one_name = activation_selectors(path)
+    runs = {"floor": [], "all": [], "one": []}
+    for _ in range(FLAGS.repeats):
+        runs["floor"].append(timed(floor, path))
+        runs["all"].append(timed(lambda source, out: graphtap.tap(source, out, ops=ops), path))
+        runs["one"].append(timed(
+            lambda source, out: graphtap.tap(source, out, names=[re.escape(one_name)]), path))
+    taps = len(graphtap.tap(path, os.path.join(FLAGS.workdir, "out"), ops=ops,
+                            overwrite=True).taps)
+    return runs, taps, ops
+
+
+def peak_rss(command):
+    """(seconds, peak RSS in MiB) of one child process."""
+    start = time.perf_counter()
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
     _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
@@ -51,46 +131,101 @@ def timed_process(command):
     return seconds, usage.ru_maxrss / 1024
 
 
-def summary(values, unit):
-    return f"{statistics.median(values):.3f}{unit} ({min(values):.3f}-{max(values):.3f})"
+def tap_process_rss(name, ops):
+    path = model_dir(name)
+    code = ("import sys, graphtap; graphtap.tap(sys.argv[1], sys.argv[2], ops=sys.argv[3:], "
+            "overwrite=True)")
+    output = os.path.join(FLAGS.workdir, "out_rss")
+    return peak_rss([sys.executable, "-c", code, path, output, *ops])[1]
 
 
-def process_benchmark(name):
-    model_dir = export(name)
-    output = os.path.join(FLAGS.workdir, f"{name}_tapped")
-    tap = [sys.executable, "-m", "graphtap", "tap", f"--input={model_dir}",
-           f"--output={output}", "--tap_op=Relu", "--overwrite"]
-    import_tf = [sys.executable, "-c", "import tensorflow"]
-    runs = {"tap": [], "import": []}
-    for _ in range(FLAGS.repeats):
-        runs["tap"].append(timed_process(tap))
-        runs["import"].append(timed_process(import_tf))
-    tap_s = [s for s, _ in runs["tap"]]
-    import_s = [s for s, _ in runs["import"]]
-    pb_mib = os.path.getsize(os.path.join(model_dir, "saved_model.pb")) / 2**20
-    return [
-        name,
-        f"{pb_mib:.1f} MiB",
-        summary(tap_s, " s"),
-        summary(import_s, " s"),
-        f"{statistics.median(tap_s) / statistics.median(import_s):.3f}",
-        f"{max(r for _, r in runs['tap']):.0f} MiB",
-        f"{max(r for _, r in runs['import']):.0f} MiB",
-    ]
+def keras_baseline(name):
+    """Seconds to build the multi-output Keras model and export it."""
+    import keras
+
+    model = getattr(keras.applications, APPLICATIONS[name])(weights=None)
+    linear = keras.activations.get("linear")
+    outputs = [layer.output for layer in model.layers
+               if isinstance(layer, (keras.layers.ReLU, keras.layers.Activation))
+               or getattr(layer, "activation", linear) is not linear]
+    times = []
+    for _ in range(FLAGS.baseline_repeats):
+        output = os.path.join(FLAGS.workdir, "out_keras")
+        shutil.rmtree(output, ignore_errors=True)
+        start = time.perf_counter()
+        keras.Model(model.inputs, model.outputs + outputs).export(output, verbose=False)
+        times.append(time.perf_counter() - start)
+    return times, len(outputs)
+
+
+def summary(values, scale=1e3, unit=" ms"):
+    median = statistics.median(values) * scale
+    return f"{median:.1f}{unit} ({min(values) * scale:.1f}-{max(values) * scale:.1f})"
 
 
 def print_table(header, rows):
     widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    print()
 
 
 def main(_):
     os.makedirs(FLAGS.workdir, exist_ok=True)
-    rows = [process_benchmark(name) for name in FLAGS.models]
-    print(f"whole process, median (min-max) of {FLAGS.repeats} alternated runs, tapping every Relu")
-    print_table(("model", "saved_model.pb", "graphtap tap", "import tensorflow", "tap/import",
-                 "tap peak RSS", "import peak RSS"), rows)
+    for name in FLAGS.models:
+        model_dir(name)
+
+    # Child processes first, while this process is small and free of TensorFlow.
+    _, import_rss = peak_rss([sys.executable, "-c", "import tensorflow"])
+    results = {}
+    for name in FLAGS.models:
+        runs, taps, ops = in_process(name)
+        pb = os.path.getsize(os.path.join(model_dir(name), "saved_model.pb")) / 2**20
+        results[name] = dict(runs=runs, taps=taps, ops=ops, pb=pb, nodes=node_count(model_dir(name)),
+                             rss=tap_process_rss(name, ops))
+    cli = [sys.executable, "-m", "graphtap", "tap", f"--input={model_dir(FLAGS.cli_model)}",
+           f"--output={os.path.join(FLAGS.workdir, 'out_cli')}", "--tap_op=Relu", "--overwrite"]
+    cli_runs, import_runs = [], []
+    for _ in range(FLAGS.repeats):
+        cli_runs.append(peak_rss(cli)[0])
+        import_runs.append(peak_rss([sys.executable, "-c", "import tensorflow"])[0])
+
+    for name in FLAGS.models:
+        if name in APPLICATIONS:
+            results[name]["baseline"] = keras_baseline(name)
+
+    print(f"in process: median (min-max) of {FLAGS.repeats} alternated runs")
+    rows = []
+    for name in FLAGS.models:
+        r = results[name]
+        floor_s, all_s = statistics.median(r["runs"]["floor"]), statistics.median(r["runs"]["all"])
+        baseline = r.get("baseline")
+        rows.append([
+            name, f"{r['nodes']:,}", f"{r['pb']:.1f} MiB", summary(r["runs"]["floor"]),
+            f"{summary(r['runs']['all'])} [{r['taps']}]", summary(r["runs"]["one"]),
+            f"{all_s / floor_s:.2f}",
+            f"{summary(baseline[0], 1, ' s')} [{baseline[1]}]" if baseline else "-",
+            f"{statistics.median(baseline[0]) / all_s:.0f}" if baseline else "-",
+        ])
+    print_table(("model", "nodes", "saved_model.pb", "floor", "all activations [taps]", "one op",
+                 "all/floor", "Keras rebuild [outputs]", "rebuild/all"), rows)
+
+    sizes = [n for n in ("synthetic_10k", "synthetic_100k") if n in results]
+    if len(sizes) == 2:
+        small, large = (results[n] for n in sizes)
+        ratio = statistics.median(large["runs"]["all"]) / statistics.median(small["runs"]["all"])
+        print(f"scaling: synthetic_100k / synthetic_10k rewrite time {ratio:.1f} "
+              f"for {large['nodes'] / small['nodes']:.1f}x the nodes\n")
+
+    rows = [[name, f"{r['rss']:.0f} MiB", f"{4 * r['pb'] + import_rss:.0f} MiB"]
+            for name, r in results.items()]
+    print(f"peak RSS of a process tapping every activation (import tensorflow: {import_rss:.0f} MiB)")
+    print_table(("model", "tap process", "4 x saved_model.pb + import tensorflow"), rows)
+
+    print(f"whole process, {FLAGS.cli_model}, `graphtap tap --tap_op=Relu`: "
+          f"{summary(cli_runs, 1, ' s')}; `python -c \"import tensorflow\"`: "
+          f"{summary(import_runs, 1, ' s')}; ratio "
+          f"{statistics.median(cli_runs) / statistics.median(import_runs):.3f}")
 
 
 if __name__ == "__main__":
