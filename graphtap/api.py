@@ -97,7 +97,6 @@ def _tap(
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
     index = _index(meta_graph)
-    # Before add_signature: that adds to the outer graph, which the index has not read yet.
     check.check_input(meta_graph, objects, keys, model.path, index)
     sources = {key: key for key in keys}
     if mode == "add":
@@ -108,6 +107,7 @@ def _tap(
         for key, source in sources.items():
             if key not in meta_graph.signature_def:  # else: re-tapping extends it
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
+                index.forget(None)  # the outer graph has a node more
 
     keep = Prefilter(name_selectors, ops)
     taps, already = [], []
@@ -126,7 +126,8 @@ def _tap(
     warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
     rewrite = TapRewrite(index, meta_graph.signature_def, objects)
     rewrite.apply(taps)
-    check.check_output(meta_graph, objects, keys, set(index.functions) - rewrite.edited_in_place)
+    check.check_output(meta_graph, objects, keys, index, rewrite.origins,
+                       set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)

@@ -21,42 +21,62 @@ class _Inconsistent(Exception):
 
 def check_input(meta_graph, objects, signature_keys, path, index=None):
     """Raises CorruptModel if what `signature_keys` use is inconsistent in the input.
-    `index`, a GraphIndex of the input, lends the names and calls it reads in function
-    bodies (the outer graph is read here, not through the index)."""
+    `index`, a GraphIndex of it, lends the node names and calls it reads."""
     try:
-        _check(meta_graph, objects, signature_keys, trusted=(), index=index)
+        _check(meta_graph, objects, signature_keys, _Known(index, {}, ()))
     except _Inconsistent as error:
         what, where = error.args
         raise errors.CorruptModel(f"inconsistent model: {what} ({where})", path) from None
 
 
-def check_output(meta_graph, objects, signature_keys, unchanged=()):
+def check_output(meta_graph, objects, signature_keys, index=None, origins=None, unchanged=()):
     """Raises InternalError if the rewrite left what `signature_keys` use inconsistent.
-    `unchanged`: functions that check_input passed and the rewrite left as they were
-    (their bodies are not read again; the calls to them still are checked)."""
+
+    index: the GraphIndex of the input, whose names stay true of every body the rewrite
+      edited, because the rewrite only appends nodes; only the appended ones are read.
+    origins: {copy: function it was copied from} for the functions the rewrite cloned.
+    unchanged: functions that check_input passed and the rewrite left as they were
+      (their bodies are not read again; the calls to them still are checked).
+    """
     try:
-        _check(meta_graph, objects, signature_keys, trusted=unchanged, index=None)
+        _check(meta_graph, objects, signature_keys, _Known(index, origins or {}, unchanged))
     except _Inconsistent as error:
         what, where = error.args
         raise InternalError(f"graphtap bug, please report: {what}", where) from None
 
 
-def _check(meta_graph, objects, signature_keys, trusted, index):
-    """Checks the functions, call nodes and signatures that `signature_keys` use; the
-    bodies of `trusted` functions are taken as checked."""
+class _Known:
+    """What a check may take as already read: an index of the input, the origins of
+    cloned functions, and functions whose bodies need no check."""
+
+    def __init__(self, index, origins, trusted):
+        self.index, self.origins, self.trusted = index, origins, trusted
+
+    def body(self, name, nodes):
+        """The index's _Body that `nodes` (the body of function `name`, None: the outer
+        graph) extends by appended nodes only, or None."""
+        origin = self.origins.get(name, name)
+        if self.index is None or (origin is not None and origin not in self.index.functions):
+            return None
+        body = self.index.body(origin)
+        return body if len(nodes) >= len(body.names) else None
+
+
+def _check(meta_graph, objects, signature_keys, known):
+    """Checks the functions, call nodes and signatures that `signature_keys` use."""
     graph_def = meta_graph.graph_def
     functions = {f.signature.name: f for f in graph_def.library.function}
     registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
     named = {node_of(info.name) for key in signature_keys
              for info in meta_graph.signature_def[key].outputs.values()}
-    outer = {node.name: node for node in graph_def.node if node.name in named}
+    outer = _outer_nodes(graph_def.node, named, known.body(None, graph_def.node))
     outputs_of = {}  # node name -> its outputs, resolved once however many signature outputs
-    calls = _CallChecker(functions, trusted, index)
+    calls = _CallChecker(functions, known)
     for key in signature_keys:
         signature = meta_graph.signature_def[key]
         for output_key, info in signature.outputs.items():
-            node_name, colon, index = info.name.rpartition(":")
-            if not colon or not index.isdigit():
+            node_name, colon, position = info.name.rpartition(":")
+            if not colon or not position.isdigit():
                 _fail(f"signature '{key}' output '{output_key}' is no tensor name", info.name)
             node = outer.get(node_name)
             if node is None:
@@ -64,7 +84,7 @@ def _check(meta_graph, objects, signature_keys, trusted, index):
             if node_name not in outputs_of:
                 outputs_of[node_name] = registry.outputs(node)
             outputs = outputs_of[node_name]
-            if int(index) >= len(outputs) or outputs[int(index)].dtype != info.dtype:
+            if int(position) >= len(outputs) or outputs[int(position)].dtype != info.dtype:
                 _fail(f"signature '{key}' output '{output_key}' has no such tensor", info.name)
         for node_name in sorted({node_of(info.name) for info in signature.outputs.values()}):
             calls.check(outer[node_name])
@@ -72,13 +92,26 @@ def _check(meta_graph, objects, signature_keys, trusted, index):
             _check_object_signature(key, signature, objects, functions)
 
 
+def _outer_nodes(nodes, wanted, known):
+    """{name: node} of the outer-graph nodes named in `wanted`."""
+    found = {}
+    if known is not None:
+        for name in wanted:
+            position = known.position.get(name)
+            if position is not None and nodes[position].name == name:
+                found[name] = nodes[position]
+    if len(found) < len(wanted):
+        found = {node.name: node for node in nodes if node.name in wanted}
+    return found
+
+
 class _CallChecker:
     """Checks call nodes and, once each, the functions they call."""
 
-    def __init__(self, functions, trusted, index):
+    def __init__(self, functions, known):
         self.functions = functions
-        self.index = index
-        self.checked = set(trusted)  # functions whose bodies need no (further) check
+        self.known = known
+        self.checked = set(known.trusted)  # functions whose bodies need no (further) check
         self._output_types = {}
 
     def check(self, node):
@@ -113,13 +146,15 @@ class _CallChecker:
 
     def _names_and_calls(self, name, function):
         """The body's node names, and its nodes that call a function."""
-        if self.index is not None:
-            body = self.index.body(name)
-            calls = [body.nodes[i] for i, refs in body.references.items()
+        nodes = function.node_def
+        names, calls, start = set(), [], 0
+        body = self.known.body(name, nodes)
+        if body is not None:
+            names.update(body.names)
+            calls = [nodes[i] for i, refs in body.references.items()
                      if any(is_call for _, _, is_call in refs)]
-            return set(body.names), calls
-        names, calls = set(), []
-        for inner in function.node_def:
+            start = len(body.names)
+        for inner in nodes[start:]:
             names.add(inner.name)
             if inner.op in CALL_OPS or inner.op in self.functions:
                 calls.append(inner)

@@ -97,7 +97,9 @@ class _Body:
 
     def __init__(self, index, function):
         self.function = function
-        self.nodes = index.body_nodes(function)
+        # A list, not the repeated field: it keeps one Python object per node alive,
+        # where the container would make a new one on every access.
+        self.nodes = list(index.body_nodes(function))
         self._index = index
 
     @functools.cached_property
@@ -171,6 +173,10 @@ class GraphIndex:
         if body is None:
             body = self._bodies[function] = _Body(self, function)
         return body
+
+    def forget(self, function):
+        """Drops what was read of a body (None: the outer graph) that has since changed."""
+        self._bodies.pop(function, None)
 
     def references(self, names):
         """{function: [(body, node name)]}: every node that refers to a named function,

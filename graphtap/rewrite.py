@@ -148,6 +148,7 @@ class TapRewrite:
         # Output counts before the rewrite, which appends to functions edited in place.
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
         self.edited_in_place = set()  # functions whose own body `apply` changed
+        self.origins = {}  # {clone: the function it copies}
 
     def apply(self, taps):
         """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
@@ -166,6 +167,7 @@ class TapRewrite:
         clones = self._plan_clones(calls_on_path, taps)
         order = _callees_first(calls_on_path)
         self.edited_in_place = {function for function in order if function not in clones}
+        self.origins = {clone: function for function, clone in clones.items()}
         out_index = {}
         new_outputs = {}
         identities = {}
@@ -290,22 +292,22 @@ class TapRewrite:
             (indexed.position[node_name], callee)
             for node_name, callee in self._calls_by_caller[function]
         )
+        unknown = unknown_shape()
         for position, callee in calls_here:
-            node = nodes[position]
+            node, node_name = nodes[position], indexed.names[position]
             callee_name = clones.get(callee, callee)
-            if node.op in CALL_OPS:
+            is_call_op = node.op in CALL_OPS
+            if is_call_op:
                 node.attr["f"].func.name = callee_name
                 node.attr["Tout"].list.type.extend(dtype for _, dtype, _ in new_outputs[callee])
             else:
                 node.op = callee_name
             if "_output_shapes" in node.attr:
-                shapes = node.attr["_output_shapes"].list.shape
-                for _, _, shape in new_outputs[callee]:
-                    shapes.add().CopyFrom(shape or unknown_shape())
-            base = self._output_counts[callee]
-            for i, (_, dtype, shape) in enumerate(new_outputs[callee]):
-                ref = f"{node.name}:output:{base + i}" if node.op in CALL_OPS else None
-                outputs.append((("call", node.name, base + i), dtype, shape, ref))
+                node.attr["_output_shapes"].list.shape.extend(
+                    shape or unknown for _, _, shape in new_outputs[callee])
+            for i, (_, dtype, shape) in enumerate(new_outputs[callee], self._output_counts[callee]):
+                ref = f"{node_name}:output:{i}" if is_call_op else None
+                outputs.append((("call", node_name, i), dtype, shape, ref))
         if function is not None:
             self._add_function_outputs(body, outputs, clones, calls_on_path, function)
         return [(source, dtype, shape) for source, dtype, shape, _ in outputs], identities
@@ -384,10 +386,11 @@ def _permute(repeated, order):
     """Reorders a repeated field: position i gets the item that was at `order[i]`."""
     items = list(repeated)
     if items and isinstance(items[0], message.Message):
-        items = [type(item).FromString(item.SerializeToString()) for item in items]
+        copies = [type(item)() for item in items]  # the items die with `del`
+        for copy, item in zip(copies, items):
+            copy.CopyFrom(item)
         del repeated[:]
-        for old in order:
-            repeated.add().CopyFrom(items[old])
+        repeated.extend(copies[old] for old in order)
     else:
         del repeated[:]
         repeated.extend(items[old] for old in order)
