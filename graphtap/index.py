@@ -260,12 +260,18 @@ class GraphIndex:
         names, ops = body.names, body.ops
         if keep is None:
             return {i for i, name in enumerate(names) if not name.startswith(TAP_PREFIX)}
-        wanted, count = keep.ops, self.registry.output_count
-        return {
-            i for i, (name, op) in enumerate(zip(names, ops))
-            if (op in wanted or keep.regexes and keep.names_match(name, count(body.nodes[i])))
-            and not name.startswith(TAP_PREFIX)
-        }
+        wanted = keep.ops
+        found = {i for i, op in enumerate(ops) if op in wanted}
+        if keep.regexes:
+            matches = keep.name_matches
+            found.update(i for i, name in enumerate(names) if matches(name))
+            fixed = {op: self.registry.fixed_output_count(op) for op in set(ops)}
+            found.update(
+                i for i, (name, op) in enumerate(zip(names, ops))
+                if fixed[op] != 1 and keep.output_name_matches(
+                    name, fixed[op] or self.registry.output_count(body.nodes[i]))
+            )
+        return {i for i in found if not names[i].startswith(TAP_PREFIX)}
 
     def _add_outputs(self, function, calls, blocked, node, tapped, found):
         shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()

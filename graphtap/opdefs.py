@@ -53,14 +53,17 @@ class OpRegistry:
             self._function_attrs[op_type] = names
         return names
 
-    def output_count(self, node):
-        """How many outputs the node has (cheap for ops whose count never varies)."""
-        op_type = node.op
+    def fixed_output_count(self, op_type):
+        """How many outputs every node of this op has; None if it varies by node."""
         if op_type not in self._fixed_output_counts:
             args = self.op_def(op_type).output_arg
             varies = any(arg.number_attr or arg.type_list_attr for arg in args)
             self._fixed_output_counts[op_type] = None if varies else len(args)
-        count = self._fixed_output_counts[op_type]
+        return self._fixed_output_counts[op_type]
+
+    def output_count(self, node):
+        """How many outputs the node has."""
+        count = self.fixed_output_count(node.op)
         return len(self.outputs(node)) if count is None else count
 
     def outputs(self, node):

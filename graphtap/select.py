@@ -36,14 +36,17 @@ class Prefilter:
         self.ops = frozenset(ops)
         self.regexes = [_compile(pattern) for pattern, _ in names]
 
-    def names_match(self, name, output_count):
-        """Whether a name regex full-matches `name` or `name:k` for some output k > 0."""
-        for regex in self.regexes:
-            if regex.fullmatch(name):
-                return True
-            if any(regex.fullmatch(f"{name}:{k}") for k in range(1, output_count)):
-                return True
-        return False
+    @property
+    def name_matches(self):
+        """name -> whether a name regex full-matches it (as the node's output 0)."""
+        if len(self.regexes) == 1:
+            return self.regexes[0].fullmatch  # the common case, without a Python frame
+        return lambda name: any(regex.fullmatch(name) for regex in self.regexes)
+
+    def output_name_matches(self, name, output_count):
+        """Whether a name regex full-matches `name:k` for some output 0 < k < output_count."""
+        return any(regex.fullmatch(f"{name}:{k}")
+                   for regex in self.regexes for k in range(1, output_count))
 
 
 def select(candidates, names=(), ops=(), exclude=()):
