@@ -9,12 +9,13 @@ process. Reported, as median (min-max) over --repeats runs, alternated, in this 
              does), write it with fsync (as graphtap does) into a new directory and
              hard-link the variables and assets there;
   all acts   graphtap.tap of every activation output (Relu, Relu6, Sigmoid, Swish ops);
-  one op     graphtap.tap of one activation, by name;
+  one name   graphtap.tap of one activation name (in the synthetic models, every leaf
+             function has the same node names, so one name is a tap per leaf);
   baseline   keras.Model with the outputs of every activation layer added, then
              `export` (the Keras model already built, so neither loading nor building
              it is counted); Keras applications only.
 
-Then, in child processes: the peak RSS of a process that taps every activation, against
+Then, in child processes: the peak RSS (VmHWM) of a process that taps every activation, against
 4 x the size of saved_model.pb plus the peak RSS of `import tensorflow`; and the
 whole-process time of the `graphtap tap` command for --cli_model against
 `python -c "import tensorflow"`.
@@ -22,6 +23,7 @@ whole-process time of the `graphtap tap` command for --cli_model against
     python tools/bench.py [--models=resnet50,synthetic_100k] [--repeats=5]
 """
 
+import collections
 import os
 import re
 import shutil
@@ -53,9 +55,8 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 def model_dir(name):
-    """The model's SavedModel under --workdir, built on first use by a child process (so
-    that this process stays free of TensorFlow and small: a child's peak RSS, as the
-    kernel reports it, starts from its parent's size at fork)."""
+    """The model's SavedModel under --workdir, built on first use by a child process, so
+    that TensorFlow is not in this process while graphtap is timed."""
     path = os.path.join(FLAGS.workdir, name)
     if not os.path.exists(os.path.join(path, "saved_model.pb")):
         if name in APPLICATIONS:
@@ -92,9 +93,11 @@ def floor(source, output):
 
 
 def activation_selectors(path):
-    """(the activation op types the model has, the name of its first activation)."""
+    """(the activation op types the model has, the name its fewest activations share:
+    in the synthetic models every leaf function has the same node names)."""
     targets = [c for c in graphtap.list_targets(path) if c.op in ACTIVATION_OPS and not c.blocked]
-    return sorted({c.op for c in targets}), targets[0].name
+    counts = collections.Counter(c.name for c in targets)
+    return sorted({c.op for c in targets}), min(counts, key=counts.get)
 
 
 def timed(function, *args):
@@ -106,43 +109,59 @@ def timed(function, *args):
 
 
 def in_process(name):
-    """{measure: [seconds]} for floor, all activations and one op, alternated."""
+    """({measure: [seconds]} for floor, all activations and one name, alternated;
+    {measure: taps made})."""
     path = model_dir(name)
     ops, one_name = activation_selectors(path)
+    tappers = {
+        "all": lambda source, out: graphtap.tap(source, out, ops=ops),
+        "one": lambda source, out: graphtap.tap(source, out, names=[re.escape(one_name)]),
+    }
     runs = {"floor": [], "all": [], "one": []}
     for _ in range(FLAGS.repeats):
         runs["floor"].append(timed(floor, path))
-        runs["all"].append(timed(lambda source, out: graphtap.tap(source, out, ops=ops), path))
-        runs["one"].append(timed(
-            lambda source, out: graphtap.tap(source, out, names=[re.escape(one_name)]), path))
-    taps = len(graphtap.tap(path, os.path.join(FLAGS.workdir, "out"), ops=ops,
-                            overwrite=True).taps)
+        for measure, tapper in tappers.items():
+            runs[measure].append(timed(tapper, path))
+    output = os.path.join(FLAGS.workdir, "out")
+    taps = {}
+    for measure, tapper in tappers.items():
+        shutil.rmtree(output, ignore_errors=True)
+        taps[measure] = len(tapper(path, output).taps)
     return runs, taps, ops
 
 
-def peak_rss(command):
-    """(seconds, peak RSS in MiB) of one child process."""
+# Run in a child after its work, prints the child's peak RSS in KiB. VmHWM, not the
+# parent's rusage: the kernel counts the parent's size at fork into a child's ru_maxrss.
+PRINT_PEAK_RSS = ("\nprint([line.split()[1] for line in open('/proc/self/status') "
+                  "if line.startswith('VmHWM')][0])")
+
+
+def child_seconds(command):
+    """Wall time of one child process."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed: {child.stderr.read().decode()}")
-    return seconds, usage.ru_maxrss / 1024
+    subprocess.run(command, check=True, capture_output=True, env=ENV)
+    return time.perf_counter() - start
+
+
+def child_peak_rss(code, *args):
+    """Peak RSS in MiB of a child Python running `code`."""
+    child = subprocess.run([sys.executable, "-c", code + PRINT_PEAK_RSS, *args], check=True,
+                           capture_output=True, env=ENV, text=True)
+    return int(child.stdout.split()[-1]) / 1024
 
 
 def tap_process_rss(name, ops):
-    path = model_dir(name)
     code = ("import sys, graphtap; graphtap.tap(sys.argv[1], sys.argv[2], ops=sys.argv[3:], "
             "overwrite=True)")
-    output = os.path.join(FLAGS.workdir, "out_rss")
-    return peak_rss([sys.executable, "-c", code, path, output, *ops])[1]
+    return child_peak_rss(code, model_dir(name), os.path.join(FLAGS.workdir, "out_rss"), *ops)
 
 
 def keras_baseline(name):
     """Seconds to build the multi-output Keras model and export it."""
     import keras
+    import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")
     model = getattr(keras.applications, APPLICATIONS[name])(weights=None)
     linear = keras.activations.get("linear")
     outputs = [layer.output for layer in model.layers
@@ -175,8 +194,7 @@ def main(_):
     for name in FLAGS.models:
         model_dir(name)
 
-    # Child processes first, while this process is small and free of TensorFlow.
-    _, import_rss = peak_rss([sys.executable, "-c", "import tensorflow"])
+    import_rss = child_peak_rss("import tensorflow")
     results = {}
     for name in FLAGS.models:
         runs, taps, ops = in_process(name)
@@ -187,8 +205,8 @@ def main(_):
            f"--output={os.path.join(FLAGS.workdir, 'out_cli')}", "--tap_op=Relu", "--overwrite"]
     cli_runs, import_runs = [], []
     for _ in range(FLAGS.repeats):
-        cli_runs.append(peak_rss(cli)[0])
-        import_runs.append(peak_rss([sys.executable, "-c", "import tensorflow"])[0])
+        cli_runs.append(child_seconds(cli))
+        import_runs.append(child_seconds([sys.executable, "-c", "import tensorflow"]))
 
     for name in FLAGS.models:
         if name in APPLICATIONS:
@@ -202,12 +220,14 @@ def main(_):
         baseline = r.get("baseline")
         rows.append([
             name, f"{r['nodes']:,}", f"{r['pb']:.1f} MiB", summary(r["runs"]["floor"]),
-            f"{summary(r['runs']['all'])} [{r['taps']}]", summary(r["runs"]["one"]),
+            f"{summary(r['runs']['all'])} [{r['taps']['all']}]",
+            f"{summary(r['runs']['one'])} [{r['taps']['one']}]",
             f"{all_s / floor_s:.2f}",
             f"{summary(baseline[0], 1, ' s')} [{baseline[1]}]" if baseline else "-",
             f"{statistics.median(baseline[0]) / all_s:.0f}" if baseline else "-",
         ])
-    print_table(("model", "nodes", "saved_model.pb", "floor", "all activations [taps]", "one op",
+    print_table(("model", "nodes", "saved_model.pb", "floor", "all activations [taps]",
+                 "one name [taps]",
                  "all/floor", "Keras rebuild [outputs]", "rebuild/all"), rows)
 
     sizes = [n for n in ("synthetic_10k", "synthetic_100k") if n in results]
