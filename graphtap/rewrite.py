@@ -205,6 +205,8 @@ class TapRewrite:
         outer_names.add(identity.name)
         identity.op = "Identity"
         identity.input.append(tap.tensor)
+        outer = self.index.body(None)
+        identity.device = outer.nodes[outer.position[tap.candidate.calls[0].node]].device
         identity.attr["T"].type = tap.candidate.dtype
         return f"{identity.name}:0"
 
@@ -281,6 +283,8 @@ class TapRewrite:
             identity.input.append(
                 tensor_ref(function, node_name, output, candidate.arg, candidate.arg_index)
             )
+            # Placed with its input: a TF1 graph pinned to devices keeps the tensor there.
+            identity.device = indexed.nodes[indexed.position[node_name]].device
             identity.attr["T"].type = candidate.dtype
             if candidate.shape is not None:
                 identity.attr["_output_shapes"].list.shape.add().CopyFrom(candidate.shape)

@@ -119,3 +119,25 @@ def test_graph_def_with_function_library(tmp_path):
     np.testing.assert_allclose(act, np.maximum(X["x"] @ w, 0), rtol=1e-5, atol=1e-6)
     (original,) = _run_graph_def(graph_def, ["result:0"])
     assert result.tobytes() == original.tobytes()
+
+
+def test_taps_keep_their_tensors_device(tmp_path):
+    """A TF1 graph pinned to devices: each Identity is placed where the tensor it reads is."""
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 5], name="x")
+        with tf.device("/device:CPU:0"):
+            hidden = tf.nn.relu(x * 3.0, name="hidden")
+        tf.identity(hidden + 1.0, name="out")
+    path, out = str(tmp_path / "pinned.pb"), str(tmp_path / "tapped.pb")
+    with open(path, "wb") as f:
+        f.write(graph.as_graph_def().SerializeToString())
+    graphtap.tap(path, out, names=["hidden", "out"])
+    tapped = tf.compat.v1.GraphDef()
+    with open(out, "rb") as f:
+        tapped.ParseFromString(f.read())
+    devices = {node.name: node.device for node in tapped.node}
+    assert devices["graphtap/hidden"] == devices["hidden"] == "/device:CPU:0"
+    assert devices["graphtap/out"] == devices["out"] == ""
+    (hidden_value,) = _run_graph_def(tapped, ["graphtap/hidden:0"])
+    np.testing.assert_array_equal(hidden_value, np.maximum(X["x"] * 3.0, 0))
