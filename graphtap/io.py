@@ -5,6 +5,7 @@ file) beside its destination and renamed into place once complete, so an interru
 run leaves either the whole output or nothing under the output's name.
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -108,7 +109,8 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
     check_output(input_dir, output_dir, overwrite)
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.graphtap-", dir=parent)
+    _remove_abandoned(parent, os.path.basename(output_dir))
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=parent)
     try:
         skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
         for name in sorted(os.listdir(input_dir)):
@@ -141,7 +143,8 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
         data = _serialize(graph_def)
     parent = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(parent, exist_ok=True)
-    fd, staging = tempfile.mkstemp(prefix=f".{os.path.basename(output_path)}.graphtap-", dir=parent)
+    _remove_abandoned(parent, os.path.basename(output_path))
+    fd, staging = tempfile.mkstemp(prefix=_staging_prefix(output_path), dir=parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -154,6 +157,37 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
     finally:
         if os.path.lexists(staging):
             os.unlink(staging)
+
+
+def _staging_prefix(output_path):
+    """Names what a write stages beside `output_path`: `.NAME.graphtap-PID-...`."""
+    return f".{os.path.basename(output_path)}.graphtap-{os.getpid()}-"
+
+
+def _remove_abandoned(parent, name):
+    """Removes what writes of `name` staged in `parent` and left behind when their process
+    was killed: the pid in each staged name tells whether its writer still runs."""
+    prefix = f".{name}.graphtap-"
+    for entry in os.listdir(parent) if os.path.isdir(parent) else ():
+        pid = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        path = os.path.join(parent, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
 
 
 def _serialize(proto):
@@ -187,7 +221,8 @@ def _publish_dir(staging, output_dir, overwrite):
     if os.path.lexists(output_dir):
         if not overwrite:
             raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=os.path.dirname(staging))
+        old = tempfile.mkdtemp(prefix=_staging_prefix(output_dir) + "old-",
+                               dir=os.path.dirname(staging))
         os.rename(output_dir, os.path.join(old, "previous"))
         os.rename(staging, output_dir)
         shutil.rmtree(old, ignore_errors=True)

@@ -17,6 +17,7 @@ import tensorflow as tf
 from conftest import child_env, tree_digest
 from loaders import run_tf2
 
+import graphtap
 from graphtap import protos
 
 def graphtap_process(*args):
@@ -247,3 +248,22 @@ def test_huge_attr_value_is_handled(keras_cnn, tmp_path):
     with open(out / "saved_model.pb", "rb") as f:
         tapped = protos.SavedModel.FromString(f.read())
     assert _inner_function(tapped.meta_graphs[0]).node_def[0].attr["_graphtap_test_blob"].s == blob
+
+
+def test_next_write_removes_what_a_killed_write_staged(keras_cnn, tmp_path):
+    """A kill during a write leaves `.NAME.graphtap-PID-*` beside the output; the next write
+    of that name removes it when its PID no longer runs, and leaves a running writer's."""
+    path, _ = keras_cnn
+    dead_pid = subprocess.Popen(["true"]).pid
+    os.waitpid(dead_pid, 0)
+    abandoned = tmp_path / f".out.graphtap-{dead_pid}-x1"
+    abandoned_file = tmp_path / f".out.pb.graphtap-{dead_pid}-x2"
+    running = tmp_path / f".out.graphtap-{os.getpid()}-x3"
+    for staged in (abandoned, running):
+        staged.mkdir()
+        (staged / "saved_model.pb").write_bytes(b"partial")
+    abandoned_file.write_bytes(b"partial")
+    graphtap.tap(path, str(tmp_path / "out"), ops=["Relu"])
+    assert not abandoned.exists()
+    assert running.exists() and abandoned_file.exists()  # another writer, another output name
+    assert sorted(os.listdir(tmp_path)) == sorted(["out", running.name, abandoned_file.name])
