@@ -3,6 +3,8 @@
     graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP
     graphtap list --input=DIR [--filter=REGEX] [--format=table|json]
     graphtap verify --original=DIR --tapped=DIR [--inputs=NAME=FILE.npy] [--runs=N]
+    graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
+        --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
 
 Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
 stderr, no traceback).
@@ -19,7 +21,7 @@ import graphtap
 from graphtap import errors, protos
 
 FLAGS = flags.FLAGS
-VERBS = ("tap", "list", "verify")
+VERBS = ("tap", "list", "verify", "dump")
 
 flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, .pbtxt).")
 flags.DEFINE_string("output", None, "tap: where to write the tapped model (directory, or file "
@@ -41,8 +43,22 @@ flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-se
 flags.DEFINE_bool("overwrite", False, "tap: replace an existing output.")
 flags.DEFINE_string("original", None, "verify: the SavedModel that was tapped.")
 flags.DEFINE_string("tapped", None, "verify: the tapped SavedModel.")
-flags.DEFINE_multi_string("inputs", [], "verify: NAME=FILE.npy, an input for every signature "
-                          "with that input (others get seeded random inputs). Repeatable.")
+flags.DEFINE_multi_string("inputs", [], "verify, dump: NAME=FILE.npy, data for the signature "
+                          "input NAME (verify: for every signature with that input; the others "
+                          "get seeded random inputs). Repeatable.")
+flags.DEFINE_string("model", None, "dump: the SavedModel to run (tapped or not).")
+flags.DEFINE_string("inputs_npz", None, "dump: a .npz whose arrays are named after the "
+                    "signature's inputs.")
+flags.DEFINE_string("tfrecord", None, "dump: a TFRecord file of tf.Examples.")
+flags.DEFINE_multi_string("feature", [], "dump, --tfrecord: INPUT=FEATURE, or FEATURE when it "
+                          "is named like the input. Repeatable.")
+flags.DEFINE_integer("batch_size", 64, "dump: examples per batch.", lower_bound=1)
+flags.DEFINE_integer("max_examples", None, "dump: stop after this many examples.", lower_bound=1)
+flags.DEFINE_string("out", None, "dump: directory to write stats.json (and .npz files) to.")
+flags.DEFINE_enum("save", "stats", ["stats", "npz"], "dump: `stats` writes stats.json; `npz` "
+                  "also every output's values, one KEY.npz per output key.")
+flags.DEFINE_string("tensorboard", None, "dump: also write TensorBoard summaries (a histogram "
+                    "and scalars per output, one step a batch) to this log directory.")
 flags.DEFINE_integer("runs", 1, "verify: with N > 1, also report each signature's median "
                      "latency over N runs, original and tapped.", lower_bound=1)
 
@@ -53,6 +69,9 @@ def main(argv):
                                    "(see --help)")
     if argv[1] == "verify":
         _verify()
+        return
+    if argv[1] == "dump":
+        _dump()
         return
     _require("input")
     if argv[1] == "tap":
@@ -93,22 +112,71 @@ def _list():
     _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
 
 
-def _verify():
+def _named_arrays(mmap_mode=None):
+    """{input name: array} from --inputs NAME=FILE.npy."""
     import numpy as np
 
-    from graphtap.verification import verify  # imports TensorFlow
-
-    _require("original")
-    _require("tapped")
-    inputs = {}
+    arrays = {}
     for spec in FLAGS.inputs:
         name, sep, path = spec.partition("=")
         if not sep:
             raise errors.GraphtapError("--inputs takes NAME=FILE.npy", spec)
+        if not os.path.isfile(path):
+            raise errors.InputNotFound("no such input file", path)
         try:
-            inputs[name] = np.load(path)
+            arrays[name] = np.load(path, mmap_mode=mmap_mode)
         except (OSError, ValueError) as error:
             raise errors.GraphtapError(f"cannot read input: {error}", path) from None
+    return arrays
+
+
+def _dump():
+    import numpy as np
+
+    _require("model")
+    _require("out")
+    sources = [bool(FLAGS.inputs), bool(FLAGS.inputs_npz), bool(FLAGS.tfrecord)]
+    if sum(sources) != 1:
+        raise errors.GraphtapError("give the data one way: --inputs, --inputs_npz or --tfrecord")
+    if FLAGS.tfrecord:
+        if not FLAGS.feature:
+            raise errors.GraphtapError("--tfrecord needs --feature")
+        features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in FLAGS.feature)
+        data = graphtap.TFRecord(FLAGS.tfrecord, features)
+    elif FLAGS.inputs_npz:
+        if not os.path.isfile(FLAGS.inputs_npz):
+            raise errors.InputNotFound("no such input file", FLAGS.inputs_npz)
+        try:
+            with np.load(FLAGS.inputs_npz) as archive:  # members are read whole: no mmap in zips
+                data = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError) as error:
+            raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
+    else:
+        data = _named_arrays(mmap_mode="r")  # memory-mapped: read a batch at a time
+    signature = FLAGS.signature_def[0] if FLAGS.signature_def else None
+    stats = graphtap.dump(FLAGS.model, data, FLAGS.out, signature=signature,
+                          batch_size=FLAGS.batch_size, max_examples=FLAGS.max_examples,
+                          save=FLAGS.save, tensorboard=FLAGS.tensorboard,
+                          overwrite=FLAGS.overwrite)
+    rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
+             _number(s["std"]), _number(s["min"]), _number(s["max"]),
+             _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
+            for key, s in stats.items()]
+    _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN", "Inf"),
+                 rows)
+    print(f"wrote {FLAGS.out}")
+
+
+def _number(value):
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _verify():
+    from graphtap.verification import verify  # imports TensorFlow
+
+    _require("original")
+    _require("tapped")
+    inputs = _named_arrays()
     result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]

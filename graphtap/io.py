@@ -107,11 +107,7 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
     `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
     """
     check_output(input_dir, output_dir, overwrite)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    _remove_abandoned(parent, os.path.basename(output_dir))
-    staging = tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=parent)
-    try:
+    with staged_directory(output_dir, overwrite) as staging:
         skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
         for name in sorted(os.listdir(input_dir)):
             if name in skip:
@@ -128,6 +124,20 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
             if os.path.exists(path):
                 os.unlink(path)  # may be a hard link to the input's file
             _write_file(path, data)
+
+
+@contextlib.contextmanager
+def staged_directory(output_dir, overwrite):
+    """Yields a new directory beside `output_dir` to fill; renames it to `output_dir` when
+    the block ends without an error, and removes it otherwise."""
+    if os.path.lexists(output_dir) and not overwrite:
+        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
+    parent = os.path.dirname(os.path.abspath(output_dir))
+    os.makedirs(parent, exist_ok=True)
+    _remove_abandoned(parent, os.path.basename(output_dir))
+    staging = tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=parent)
+    try:
+        yield staging
         _publish_dir(staging, output_dir, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

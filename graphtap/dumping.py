@@ -1,0 +1,381 @@
+"""Run a signature over a data set in batches and keep what its outputs did: statistics
+(`stats.json`), the values themselves (`.npz`), TensorBoard summaries. Imports TensorFlow.
+
+Memory stays bounded by one batch: `.npy` inputs are memory-mapped and sliced, TFRecords
+stream through tf.data, statistics are folded batch by batch (graphtap.stats), and values
+are appended to files on disk as they come.
+"""
+
+import json
+import os
+import shutil
+import struct
+import sys
+import time
+import zipfile
+
+import numpy as np
+from absl import logging
+
+from graphtap import errors, io
+from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, MANIFEST
+from graphtap.stats import RunningStats
+
+STATS_FILE = "stats.json"
+SHARD_BYTES = 1 << 30  # a key's values go to numbered shards beyond this many bytes
+
+
+class BadInput(errors.GraphtapError):
+    """Data that the signature cannot take: unknown name, wrong dtype or shape, unreadable."""
+
+
+def activations(model_dir, data, signature=None, batch_size=64, max_examples=None):
+    """Yields {output key: np.ndarray} for each batch of `data` run through a signature.
+
+    data: {input name: array} (numpy arrays, or memory-mapped ones from
+      `np.load(path, mmap_mode="r")`), batched here; a graphtap.TFRecord; or an iterable
+      of such dicts, each already a batch (a batched tf.data.Dataset of dicts, for one).
+    signature: its key; default `serving_default`, or the only one.
+    """
+    runner = _Runner(model_dir, signature)
+    for batch in _batches(data, batch_size, max_examples, runner.specs):
+        yield runner.run(batch)
+
+
+def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=None,
+         save="stats", tensorboard=None, overwrite=False, progress=True):
+    """Runs a signature over `data` (as `activations` takes it) and writes to `out_dir`:
+    `stats.json` always, and with save="npz" one `KEY.npz` per output key holding the
+    array `KEY` (every example, in order; `KEY-00000.npz`, ... beyond 1 GiB). With
+    `tensorboard`, a directory: a histogram and scalars per output key, one step a batch.
+
+    Returns {output key: statistics}, the content of stats.json's "outputs"; `is_tap` says
+    which keys graphtap added (from the model's manifest).
+    """
+    if save not in ("stats", "npz"):
+        raise errors.GraphtapError(f"save must be 'stats' or 'npz', not '{save}'")
+    runner = _Runner(model_dir, signature)
+    with io.staged_directory(out_dir, overwrite) as staging:
+        stats = {}
+        streams = {}
+        summaries = _Summaries(staging) if tensorboard else None
+        meter = _Progress(_example_count(data, max_examples), enabled=progress)
+        for step, batch in enumerate(_batches(data, batch_size, max_examples, runner.specs)):
+            outputs = runner.run(batch)
+            for key, values in outputs.items():
+                stats.setdefault(key, RunningStats()).add(values)
+                if save == "npz":
+                    if key not in streams:
+                        streams[key] = _ArrayStream(staging, key)
+                    streams[key].append(values)
+            if summaries:
+                summaries.write(outputs, step)
+            meter.update(len(next(iter(batch.values()))))
+        meter.done()
+        if not stats:
+            raise BadInput("no examples to run", model_dir)
+        for stream in streams.values():
+            stream.close()
+        result = {key: dict(stats[key].summary(), is_tap=key in runner.taps)
+                  for key in sorted(stats)}
+        document = {"model": model_dir, "signature": runner.signature_key, "outputs": result}
+        with open(os.path.join(staging, STATS_FILE), "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=1)
+        if summaries:
+            summaries.publish(tensorboard)
+    return result
+
+
+class _Runner:
+    """A loaded signature, and the checks that make bad data one clear error."""
+
+    def __init__(self, model_dir, signature):
+        import tensorflow as tf
+
+        self.tf = tf
+        io.read(model_dir)  # the same errors as every command for a missing or broken model
+        loaded = tf.saved_model.load(model_dir)
+        available = sorted(k for k in loaded.signatures.keys() if k != INIT_OP_SIGNATURE)
+        if signature is None:
+            if DEFAULT_SIGNATURE in available or len(available) != 1:
+                signature = DEFAULT_SIGNATURE
+            else:
+                signature = available[0]
+        if signature not in available:
+            raise errors.UnknownSignature(
+                f"no signature '{signature}'; it has {', '.join(available) or 'none'}", model_dir)
+        self._loaded = loaded  # the signature function needs its object alive
+        self.signature_key = signature
+        self.function = loaded.signatures[signature]
+        self.specs = self.function.structured_input_signature[1]
+        self.taps = _manifest_keys(model_dir, signature)
+        self.model_dir = model_dir
+
+    def run(self, batch):
+        feed = {name: self.tf.constant(self._conform(name, values)) for name, values in batch.items()}
+        missing = sorted(set(self.specs) - set(feed))
+        if missing:
+            raise BadInput(f"no data for input(s) {', '.join(missing)} of signature "
+                           f"'{self.signature_key}'", self.model_dir)
+        return {key: value.numpy() for key, value in self.function(**feed).items()}
+
+    def _conform(self, name, values):
+        spec = self.specs.get(name)
+        if spec is None:
+            raise BadInput(f"signature '{self.signature_key}' has no input '{name}'; its inputs: "
+                           f"{', '.join(sorted(self.specs))}", self.model_dir)
+        values = np.asarray(values)
+        wanted = spec.dtype.as_numpy_dtype
+        if values.dtype != wanted:
+            if not np.can_cast(values.dtype, wanted, casting="same_kind"):
+                raise BadInput(f"input '{name}' is {values.dtype}; the signature takes "
+                               f"{spec.dtype.name}", self.model_dir)
+            values = values.astype(wanted)
+        if not spec.shape.is_compatible_with(values.shape):
+            raise BadInput(f"input '{name}' has shape {values.shape[1:]} per example; the "
+                           f"signature takes {spec.shape[1:]}", self.model_dir)
+        return values
+
+
+def _manifest_keys(model_dir, signature):
+    """Keys of `signature` that graphtap added as taps (none for an untapped model)."""
+    try:
+        with open(os.path.join(model_dir, MANIFEST), encoding="utf-8") as f:
+            return {t["key"] for t in json.load(f)["taps"] if t["signature"] == signature}
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError, KeyError, TypeError):
+        raise errors.CorruptModel("unreadable graphtap manifest",
+                                  os.path.join(model_dir, MANIFEST)) from None
+
+
+class TFRecord:
+    """A TFRecord file of `tf.Example`s as data: `features` maps each signature input to
+    the name of the feature that holds it (a list of names: the same for both)."""
+
+    def __init__(self, path, features):
+        self.path = path
+        self.features = features if isinstance(features, dict) else {f: f for f in features}
+
+    def batches(self, specs, batch_size):
+        """{input: array} batches, parsed to the signature's dtypes and shapes."""
+        import tensorflow as tf
+
+        if not os.path.isfile(self.path):
+            raise errors.InputNotFound("no such TFRecord file", self.path)
+        parsing = {}
+        for name, feature in self.features.items():
+            spec = specs.get(name)
+            if spec is None:
+                raise BadInput(f"the signature has no input '{name}'; its inputs: "
+                               f"{', '.join(sorted(specs))}", self.path)
+            if not spec.shape[1:].is_fully_defined():
+                raise BadInput(f"input '{name}' has shape {spec.shape}: a tf.Example feature "
+                               "needs every dimension but the first known", self.path)
+            stored = tf.float32 if spec.dtype.is_floating else (
+                tf.string if spec.dtype == tf.string else tf.int64)
+            parsing[name] = (feature, tf.io.FixedLenFeature(spec.shape[1:], stored), spec.dtype)
+
+        def parse(serialized):
+            parsed = tf.io.parse_example(serialized, {f: p for f, p, _ in parsing.values()})
+            return {name: tf.cast(parsed[f], dtype) for name, (f, _, dtype) in parsing.items()}
+
+        dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
+        try:
+            yield from dataset.as_numpy_iterator()
+        except tf.errors.OpError as error:
+            raise BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
+                           self.path) from None
+
+
+def _batches(data, batch_size, max_examples, specs):
+    """{input: array} batches of at most `batch_size` examples, `max_examples` in all."""
+    if batch_size < 1:
+        raise errors.GraphtapError(f"batch_size must be at least 1, not {batch_size}")
+    if isinstance(data, TFRecord):
+        batches = data.batches(specs, batch_size)
+    elif isinstance(data, dict):
+        batches = _slices(data, batch_size)
+    elif hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset
+        batches = data.as_numpy_iterator()
+    else:
+        batches = iter(data)
+    left = max_examples
+    for batch in batches:
+        if left is not None:
+            if left <= 0:
+                return
+            batch = {name: values[:left] for name, values in batch.items()}
+            left -= len(next(iter(batch.values())))
+        yield batch
+
+
+def _slices(arrays, batch_size):
+    counts = {name: len(values) for name, values in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise BadInput("inputs differ in example count: "
+                       + ", ".join(f"{name} has {n}" for name, n in sorted(counts.items())))
+    total = next(iter(counts.values()), 0)
+    for start in range(0, total, batch_size):
+        yield {name: np.asarray(values[start:start + batch_size]) for name, values in arrays.items()}
+
+
+def _example_count(data, max_examples):
+    """How many examples `data` will give, when it can be told without reading it."""
+    total = len(next(iter(data.values()))) if isinstance(data, dict) and data else None
+    if max_examples is not None:
+        return min(total, max_examples) if total is not None else max_examples
+    return total
+
+
+class _ArrayStream:
+    """Appends batches of one output key to `.npy` data on disk, wrapped into `KEY.npz`
+    (members stored, not compressed) when closed; numbered shards beyond SHARD_BYTES."""
+
+    def __init__(self, directory, key):
+        self.directory, self.key = directory, key
+        self.shards = []
+        self._file = None
+
+    def append(self, values):
+        values = np.ascontiguousarray(values)
+        if not self.shards and self._file is None:
+            self._dtype, self._example_shape = values.dtype, values.shape[1:]
+        if values.dtype != self._dtype or values.shape[1:] != self._example_shape:
+            raise BadInput(f"output '{self.key}' changes from {self._dtype}{self._example_shape} "
+                           f"to {values.dtype}{values.shape[1:]} per example between batches; "
+                           "its values cannot be stacked (use --save=stats)")
+        if self._file is None or self._bytes + values.nbytes > SHARD_BYTES and self._rows:
+            self._finish_shard()
+            self._start_shard()
+        self._file.write(values.tobytes())
+        self._rows += len(values)
+        self._bytes += values.nbytes
+
+    def _start_shard(self):
+        self._path = os.path.join(self.directory, f".{self.key}.{len(self.shards)}.npy")
+        self._file = open(self._path, "wb")
+        self._header_length = len(_npy_header(self._dtype, (10**15, *self._example_shape)))
+        self._file.write(b"\0" * self._header_length)  # written when the row count is known
+        self._rows = self._bytes = 0
+
+    def _finish_shard(self):
+        if self._file is None:
+            return
+        self._file.seek(0)
+        self._file.write(_npy_header(self._dtype, (self._rows, *self._example_shape),
+                                     self._header_length))
+        self._file.close()
+        self.shards.append(self._path)
+
+    def close(self):
+        """Wraps the shards into `KEY.npz`, or `KEY-00000.npz`, ... if there are several."""
+        self._finish_shard()
+        self._file = None
+        for number, path in enumerate(self.shards):
+            name = self.key if len(self.shards) == 1 else f"{self.key}-{number:05d}"
+            with zipfile.ZipFile(os.path.join(self.directory, name + ".npz"), "w",
+                                 zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.write(path, arcname=self.key + ".npy")
+            os.unlink(path)
+
+
+def _npy_header(dtype, shape, length=None):
+    """The .npy (version 1.0) header for an array, padded to `length` bytes (default: the
+    next multiple of 64), so that it can be rewritten in place with the final shape."""
+    text = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
+        np.lib.format.dtype_to_descr(np.dtype(dtype)), tuple(int(d) for d in shape))
+    fixed = len(b"\x93NUMPY") + 2 + 2  # magic, version, header length
+    length = length or -(-(fixed + len(text) + 1) // 64) * 64
+    text = text.ljust(length - fixed - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+
+
+class _Summaries:
+    """TensorBoard summaries written beside the staged output, moved out when complete.
+
+    Written with `tf.summary.write` in the layout of TensorBoard's histogram and scalar
+    plugins (a [buckets, 3] tensor of left edge, right edge, count; a scalar tensor):
+    tensorflow-cpu does not ship the `tensorboard` package that `tf.summary.histogram`
+    needs, and TensorBoard reads these all the same.
+    """
+
+    BUCKETS = 30
+
+    def __init__(self, staging):
+        import tensorflow as tf
+        from tensorflow.core.framework import summary_pb2
+
+        self.tf = tf
+        self.directory = os.path.join(staging, ".tensorboard")
+        self.writer = tf.summary.create_file_writer(self.directory)
+        self.metadata = {}
+        for plugin in ("histograms", "scalars"):
+            metadata = summary_pb2.SummaryMetadata()
+            metadata.plugin_data.plugin_name = plugin
+            self.metadata[plugin] = metadata
+
+    def write(self, outputs, step):
+        with self.writer.as_default():
+            for key, values in outputs.items():
+                values = np.asarray(values, dtype=np.float64)
+                finite = values[np.isfinite(values)]
+                self._write(key, _histogram(finite, self.BUCKETS), "histograms", step)
+                self._write(f"{key}/mean", finite.mean() if finite.size else 0.0, "scalars", step)
+                self._write(f"{key}/zero_fraction",
+                            np.count_nonzero(values == 0) / max(values.size, 1), "scalars", step)
+
+    def _write(self, tag, value, plugin, step):
+        tensor = self.tf.constant(value, dtype=self.tf.float64)
+        self.tf.summary.write(tag, tensor, step=step, metadata=self.metadata[plugin])
+
+    def publish(self, logdir):
+        """Moves the event files into `logdir` (created if needed)."""
+        self.writer.close()
+        os.makedirs(logdir, exist_ok=True)
+        for name in os.listdir(self.directory):
+            shutil.move(os.path.join(self.directory, name), os.path.join(logdir, name))
+        os.rmdir(self.directory)
+
+
+def _histogram(values, buckets):
+    """[buckets, 3]: left edge, right edge, count of each bucket (one when all are equal)."""
+    if not values.size:
+        return np.zeros((0, 3))
+    low, high = float(values.min()), float(values.max())
+    if low == high:
+        return np.array([[low, high, float(values.size)]])
+    counts, edges = np.histogram(values, bins=buckets, range=(low, high))
+    return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
+
+
+class _Progress:
+    """A bar on a terminal, a log line now and then otherwise."""
+
+    def __init__(self, total, enabled=True):
+        self.total, self.done_count = total, 0
+        self.terminal = enabled and sys.stderr.isatty()
+        self.enabled = enabled
+        self.start = self.last_log = time.monotonic()
+
+    def update(self, examples):
+        self.done_count += examples
+        now = time.monotonic()
+        if self.terminal:
+            if self.total:
+                filled = int(30 * self.done_count / self.total)
+                bar = "#" * filled + "." * (30 - filled)
+                sys.stderr.write(f"\r[{bar}] {self.done_count}/{self.total} examples")
+            else:
+                sys.stderr.write(f"\r{self.done_count} examples")
+            sys.stderr.flush()
+        elif self.enabled and now - self.last_log >= 10:
+            logging.info("graphtap dump: %d examples, %.0f s", self.done_count, now - self.start)
+            self.last_log = now
+
+    def done(self):
+        if self.terminal:
+            sys.stderr.write("\n")
+        elif self.enabled:
+            logging.info("graphtap dump: %d examples in %.1f s", self.done_count,
+                         time.monotonic() - self.start)

@@ -1,0 +1,229 @@
+"""`graphtap dump`: values, streaming statistics and TensorBoard summaries of a tapped
+model's outputs, checked against direct signature calls and numpy."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import child_env
+from loaders import run_tf2
+
+import graphtap
+from graphtap import dumping, errors
+from graphtap.stats import RunningStats
+
+IMAGES = np.random.default_rng(11).standard_normal((37, 16, 16, 3)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def tapped_cnn(keras_cnn, tmp_path_factory):
+    path, _ = keras_cnn
+    root = tmp_path_factory.mktemp("dump")
+    out = str(root / "tapped")
+    report = graphtap.tap(path, out, ops=["Relu"])
+    np.save(root / "images.npy", IMAGES)
+    return path, out, [r.key for r in report.taps], root
+
+
+@pytest.fixture(scope="module")
+def direct(tapped_cnn):
+    """Every output of the tapped signature, by one call on all the images."""
+    _, out, _, _ = tapped_cnn
+    return run_tf2(out, "serving_default", {"image": IMAGES})
+
+
+def test_npz_holds_what_direct_calls_return(tapped_cnn, direct, tmp_path):
+    _, out, taps, root = tapped_cnn
+    images = np.load(root / "images.npy", mmap_mode="r")
+    stats = graphtap.dump(out, {"image": images}, str(tmp_path / "acts"), batch_size=8,
+                          save="npz", progress=False)
+    assert set(stats) == set(direct) and {k for k, s in stats.items() if s["is_tap"]} == set(taps)
+    signature = tf.saved_model.load(out).signatures["serving_default"]
+    batches = [signature(image=tf.constant(IMAGES[i:i + 8])) for i in range(0, len(IMAGES), 8)]
+    for key in direct:
+        expected = np.concatenate([batch[key].numpy() for batch in batches])
+        with np.load(tmp_path / "acts" / f"{key}.npz") as archive:
+            assert archive.files == [key]
+            assert archive[key].dtype == expected.dtype and archive[key].shape == expected.shape
+            assert archive[key].tobytes() == expected.tobytes()
+    saved = json.loads((tmp_path / "acts" / "stats.json").read_text())
+    assert saved["outputs"] == json.loads(json.dumps(stats))
+
+
+def test_streamed_statistics_equal_numpy_over_everything(tapped_cnn, direct, tmp_path):
+    _, out, _, _ = tapped_cnn
+    stats = graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "acts"), batch_size=5,
+                          progress=False)
+    for key, values in direct.items():
+        s = stats[key]
+        values = values.astype(np.float64)
+        assert s["count"] == values.size
+        np.testing.assert_allclose(s["mean"], values.mean(), rtol=1e-6)
+        np.testing.assert_allclose(s["std"], values.std(), rtol=1e-5)
+        np.testing.assert_allclose([s["min"], s["max"]], [values.min(), values.max()], rtol=1e-5)
+        np.testing.assert_allclose(s["zero_fraction"], np.count_nonzero(values == 0) / values.size,
+                                   atol=1e-3)  # batching may round a value across zero
+        channels = values.reshape(-1, values.shape[-1])
+        np.testing.assert_allclose(s["channel_mean"], channels.mean(axis=0), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(s["channel_zero_fraction"], (channels == 0).mean(axis=0))
+        assert s["nan_count"] == s["inf_count"] == 0
+
+
+def test_streaming_holds_one_batch_whatever_the_data_size(tapped_cnn):
+    """Batches come in at batch size, and the statistics hold as much after 8 batches of
+    data as after one: nothing grows with the data set."""
+    _, out, _, _ = tapped_cnn
+    stats = {}
+    held = []
+    for outputs in graphtap.activations(out, {"image": IMAGES}, batch_size=5):
+        assert {len(v) for v in outputs.values()} <= {5, len(IMAGES) % 5}
+        for key, values in outputs.items():
+            stats.setdefault(key, RunningStats()).add(values)
+        held.append(sum(s.held_bytes() for s in stats.values()))
+    assert len(held) == 8 and len(set(held)) == 1
+
+
+def test_zero_fraction_finds_a_dead_layer(tmp_path):
+    import keras
+
+    inputs = keras.Input(shape=(4,), name="x")
+    dead = keras.layers.Dense(3, activation="relu", name="dead")(inputs)
+    alive = keras.layers.Dense(2, activation="relu", name="alive", bias_initializer="ones")(inputs)
+    model = keras.Model(inputs, keras.layers.Concatenate()([dead, alive]))
+    model.get_layer("dead").bias.assign(np.full(3, -1000.0, "float32"))
+    model.export(str(tmp_path / "model"), verbose=False)
+    graphtap.tap(str(tmp_path / "model"), str(tmp_path / "tapped"), ops=["Relu"])
+    x = np.random.default_rng(2).uniform(-1, 1, (20, 4)).astype("float32")
+    stats = graphtap.dump(str(tmp_path / "tapped"), {"x": x}, str(tmp_path / "acts"),
+                          batch_size=6, progress=False)
+    by_layer = {("dead" if "dead" in key else "alive"): s for key, s in stats.items() if s["is_tap"]}
+    assert by_layer["dead"]["zero_fraction"] == 1.0
+    assert by_layer["dead"]["channel_zero_fraction"] == [1.0, 1.0, 1.0]
+    assert by_layer["alive"]["zero_fraction"] < 0.5
+
+
+def test_nan_counts_find_an_injected_nan(tapped_cnn, tmp_path):
+    _, out, _, _ = tapped_cnn
+    images = IMAGES[:9].copy()
+    images[4, 8, 8, 1] = np.nan
+    expected = run_tf2(out, "serving_default", {"image": images})
+    stats = graphtap.dump(out, {"image": images}, str(tmp_path / "acts"), batch_size=4,
+                          progress=False)
+    for key, values in expected.items():
+        assert stats[key]["nan_count"] == np.count_nonzero(np.isnan(values))
+    assert all(stats[key]["nan_count"] > 0 for key in expected)
+    finite = expected["output_0"][np.isfinite(expected["output_0"])]
+    np.testing.assert_allclose(stats["output_0"]["mean"], finite.mean(), rtol=1e-6)
+
+
+def test_tensorboard_has_one_histogram_per_output(tapped_cnn, tmp_path):
+    _, out, _, _ = tapped_cnn
+    logdir = tmp_path / "tb"
+    graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "acts"), batch_size=10,
+                  tensorboard=str(logdir), progress=False)
+    histograms, scalars = {}, set()
+    for name in os.listdir(logdir):
+        for event in tf.compat.v1.train.summary_iterator(str(logdir / name)):
+            for value in event.summary.value:
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin == "histograms":
+                    buckets = tf.make_ndarray(value.tensor)
+                    assert buckets.shape[1] == 3 and buckets[:, 2].sum() > 0
+                    histograms.setdefault(value.tag, []).append(event.step)
+                elif plugin == "scalars":
+                    scalars.add(value.tag)
+    keys = set(run_tf2(out, "serving_default", {"image": IMAGES[:1]}))
+    assert set(histograms) == keys
+    assert all(sorted(steps) == [0, 1, 2, 3] for steps in histograms.values())
+    assert {f"{key}/zero_fraction" for key in keys} <= scalars
+
+
+def test_untapped_model_and_added_signature(keras_cnn, tapped_cnn, tmp_path):
+    path, _ = keras_cnn
+    stats = graphtap.dump(path, {"image": IMAGES}, str(tmp_path / "plain"), progress=False)
+    assert list(stats) == ["output_0"] and not stats["output_0"]["is_tap"]
+    graphtap.tap(path, str(tmp_path / "added"), names=["cnn_1/dense_1/Relu=dense"], mode="add")
+    stats = graphtap.dump(str(tmp_path / "added"), {"image": IMAGES}, str(tmp_path / "acts"),
+                          signature="serving_default_tapped", progress=False)
+    assert sorted(stats) == ["dense", "output_0"] and stats["dense"]["is_tap"]
+
+
+def test_tfrecord_of_examples_gives_the_npy_statistics(tapped_cnn, tmp_path):
+    _, out, _, _ = tapped_cnn
+    record = str(tmp_path / "images.tfrecord")
+    with tf.io.TFRecordWriter(record) as writer:
+        for image in IMAGES:
+            feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
+            example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
+            writer.write(example.SerializeToString())
+    from_records = graphtap.dump(out, graphtap.TFRecord(record, {"image": "pixels"}),
+                                 str(tmp_path / "a"), batch_size=8, progress=False)
+    from_arrays = graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "b"), batch_size=8,
+                                progress=False)
+    assert from_records == from_arrays
+
+
+def test_max_examples_stops_early(tapped_cnn, tmp_path):
+    _, out, _, _ = tapped_cnn
+    stats = graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "acts"), batch_size=8,
+                          max_examples=10, save="npz", progress=False)
+    assert stats["output_0"]["count"] == 10 * 4
+    with np.load(tmp_path / "acts" / "output_0.npz") as archive:
+        assert archive["output_0"].shape == (10, 4)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"images": IMAGES}, "has no input 'images'; its inputs: image"),
+    ({"image": IMAGES[..., :2]}, "has shape (16, 16, 2) per example"),
+    ({"image": IMAGES.astype("complex64")}, "is complex64; the signature takes float32"),
+])
+def test_bad_data_is_one_error_and_leaves_no_output(tapped_cnn, tmp_path, data, message):
+    _, out, _, _ = tapped_cnn
+    with pytest.raises(dumping.BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+        graphtap.dump(out, data, str(tmp_path / "acts"), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_dump_end_to_end_and_its_errors(tapped_cnn, tmp_path):
+    _, out, taps, root = tapped_cnn
+
+    def graphtap_dump(*args):
+        return subprocess.run([sys.executable, "-m", "graphtap", "dump", f"--model={out}", *args],
+                              capture_output=True, text=True, env=child_env(), timeout=300)
+
+    done = graphtap_dump(f"--inputs=image={root / 'images.npy'}", f"--out={tmp_path / 'acts'}",
+                         "--save=npz", "--batch_size=16")
+    assert done.returncode == 0, done.stderr
+    assert all(key in done.stdout for key in taps)
+    assert sorted(os.listdir(tmp_path / "acts")) == sorted(
+        [f"{key}.npz" for key in taps] + ["output_0.npz", "stats.json"])
+    for args, message in (
+        ([f"--inputs=image={tmp_path / 'missing.npy'}"], "no such input file"),
+        ([f"--inputs=image={root / 'images.npy'}", f"--tfrecord={root / 'x'}"], "one way"),
+    ):
+        failed = graphtap_dump(*args, f"--out={tmp_path / 'failed'}")
+        assert failed.returncode == 2 and message in failed.stderr
+        assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert not (tmp_path / "failed").exists()
+    with pytest.raises(errors.InputNotFound):
+        graphtap.dump(str(tmp_path / "nowhere"), {"image": IMAGES}, str(tmp_path / "x"))
+
+
+def test_values_beyond_the_shard_size_go_to_numbered_shards(tapped_cnn, direct, tmp_path,
+                                                            monkeypatch):
+    _, out, _, _ = tapped_cnn
+    monkeypatch.setattr(dumping, "SHARD_BYTES", 10 * 4 * 4)  # ten rows of output_0 (4 floats)
+    graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "acts"), batch_size=5, save="npz",
+                  progress=False)
+    shards = sorted(n for n in os.listdir(tmp_path / "acts") if n.startswith("output_0"))
+    assert shards == [f"output_0-{i:05d}.npz" for i in range(4)]  # 37 rows: 10, 10, 10, 7
+    parts = []
+    for name in shards:
+        with np.load(tmp_path / "acts" / name) as archive:
+            parts.append(archive["output_0"])
+    assert [len(p) for p in parts] == [10, 10, 10, 7]
+    np.testing.assert_allclose(np.concatenate(parts), direct["output_0"], rtol=1e-5, atol=1e-7)
