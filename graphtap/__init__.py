@@ -7,12 +7,12 @@ TensorFlow runtime.
 """
 
 from graphtap.api import Report, TapRecord, list_targets, tap
-from graphtap.dumping import TFRecord, activations, dump
+from graphtap.dumping import NpyFile, TFRecord, activations, dump
 from graphtap.errors import GraphtapError
 from graphtap.hook import export
 from graphtap.verification import Verification, verify
 
-__all__ = ["GraphtapError", "Report", "TFRecord", "TapRecord", "Verification", "activations",
+__all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapRecord", "Verification", "activations",
            "dump", "export", "list_targets", "tap", "verify"]
 __version__ = "0.1.0"
 

@@ -112,10 +112,8 @@ def _list():
     _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
 
 
-def _named_arrays(mmap_mode=None):
-    """{input name: array} from --inputs NAME=FILE.npy."""
-    import numpy as np
-
+def _named_arrays(read):
+    """{input name: read(path)} from --inputs NAME=FILE.npy."""
     arrays = {}
     for spec in FLAGS.inputs:
         name, sep, path = spec.partition("=")
@@ -124,7 +122,7 @@ def _named_arrays(mmap_mode=None):
         if not os.path.isfile(path):
             raise errors.InputNotFound("no such input file", path)
         try:
-            arrays[name] = np.load(path, mmap_mode=mmap_mode)
+            arrays[name] = read(path)
         except (OSError, ValueError) as error:
             raise errors.GraphtapError(f"cannot read input: {error}", path) from None
     return arrays
@@ -152,7 +150,7 @@ def _dump():
         except (OSError, ValueError) as error:
             raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
     else:
-        data = _named_arrays(mmap_mode="r")  # memory-mapped: read a batch at a time
+        data = _named_arrays(graphtap.NpyFile)  # read a batch at a time
     signature = FLAGS.signature_def[0] if FLAGS.signature_def else None
     stats = graphtap.dump(FLAGS.model, data, FLAGS.out, signature=signature,
                           batch_size=FLAGS.batch_size, max_examples=FLAGS.max_examples,
@@ -172,11 +170,13 @@ def _number(value):
 
 
 def _verify():
+    import numpy as np
+
     from graphtap.verification import verify  # imports TensorFlow
 
     _require("original")
     _require("tapped")
-    inputs = _named_arrays()
+    inputs = _named_arrays(np.load)
     result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]

@@ -1,7 +1,7 @@
 """Run a signature over a data set in batches and keep what its outputs did: statistics
 (`stats.json`), the values themselves (`.npz`), TensorBoard summaries. Imports TensorFlow.
 
-Memory stays bounded by one batch: `.npy` inputs are memory-mapped and sliced, TFRecords
+Memory stays bounded by one batch: `.npy` inputs are read a slice at a time, TFRecords
 stream through tf.data, statistics are folded batch by batch (graphtap.stats), and values
 are appended to files on disk as they come.
 """
@@ -32,9 +32,9 @@ class BadInput(errors.GraphtapError):
 def activations(model_dir, data, signature=None, batch_size=64, max_examples=None):
     """Yields {output key: np.ndarray} for each batch of `data` run through a signature.
 
-    data: {input name: array} (numpy arrays, or memory-mapped ones from
-      `np.load(path, mmap_mode="r")`), batched here; a graphtap.TFRecord; or an iterable
-      of such dicts, each already a batch (a batched tf.data.Dataset of dicts, for one).
+    data: {input name: array} (numpy arrays, or graphtap.NpyFile to read a .npy a batch
+      at a time), batched here; a graphtap.TFRecord; or an iterable of such dicts, each
+      already a batch (a batched tf.data.Dataset of dicts, for one).
     signature: its key; default `serving_default`, or the only one.
     """
     runner = _Runner(model_dir, signature)
@@ -147,6 +147,40 @@ def _manifest_keys(model_dir, signature):
     except (OSError, ValueError, KeyError, TypeError):
         raise errors.CorruptModel("unreadable graphtap manifest",
                                   os.path.join(model_dir, MANIFEST)) from None
+
+
+class NpyFile:
+    """A `.npy` file read a slice at a time with plain reads: unlike a memory map, whose
+    pages count toward the process's resident memory once touched, it holds one batch."""
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise errors.InputNotFound("no such input file", path)
+        self.path = path
+        try:
+            mapped = np.load(path, mmap_mode="r")  # for the header only: no page is read
+        except (OSError, ValueError) as error:
+            raise BadInput(f"not a .npy file: {error}", path) from None
+        if not isinstance(mapped, np.memmap) or not mapped.shape or (
+                mapped.ndim > 1 and not mapped.flags.c_contiguous):
+            raise BadInput("a .npy of examples must be C-ordered, numeric, with a first axis", path)
+        self.shape, self.dtype, self._offset = mapped.shape, mapped.dtype, mapped.offset
+        del mapped
+        self._example_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        start, stop, _ = rows.indices(len(self))
+        count = max(stop - start, 0)
+        with open(self.path, "rb") as f:
+            f.seek(self._offset + start * self._example_bytes)
+            data = np.fromfile(f, dtype=self.dtype,
+                               count=count * self._example_bytes // self.dtype.itemsize)
+        if data.size * self.dtype.itemsize != count * self._example_bytes:
+            raise BadInput("the .npy file is shorter than its header says", self.path)
+        return data.reshape((count, *self.shape[1:]))
 
 
 class TFRecord:

@@ -38,7 +38,7 @@ def direct(tapped_cnn):
 
 def test_npz_holds_what_direct_calls_return(tapped_cnn, direct, tmp_path):
     _, out, taps, root = tapped_cnn
-    images = np.load(root / "images.npy", mmap_mode="r")
+    images = graphtap.NpyFile(str(root / "images.npy"))
     stats = graphtap.dump(out, {"image": images}, str(tmp_path / "acts"), batch_size=8,
                           save="npz", progress=False)
     assert set(stats) == set(direct) and {k for k, s in stats.items() if s["is_tap"]} == set(taps)
