@@ -10,6 +10,7 @@ from graphtap import check, errors, io, protos
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
+from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
 from graphtap.select import Prefilter, parse_name_selectors, select
 
@@ -51,7 +52,7 @@ class Report:
         return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
 
 
-def tap(input_path, output_path, names=None, ops=None, exclude=None, **options):
+def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None, **options):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
@@ -59,6 +60,8 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, **options):
       (`node`, or `node:k` for output k > 0); `pattern=key`, or a dict {pattern: key},
       chooses the key.
     ops: op types; every output of every op of these types.
+    layers: Keras layer names (`dense`, `conv2d_1`); each layer's output tensor, keyed by
+      the layer's name.
     exclude: regexes; tensors whose names they full-match are not tapped.
     signatures: signature key(s) to tap; default `serving_default`, or the only one.
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
@@ -69,7 +72,7 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, **options):
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
     with _about(input_path), _collector_paused():
-        return _tap(input_path, output_path, names, ops, exclude, **options)
+        return _tap(input_path, output_path, names, ops, exclude, layers, **options)
 
 
 def _tap(
@@ -78,6 +81,7 @@ def _tap(
     names=None,
     ops=None,
     exclude=None,
+    layers=None,
     signatures=None,
     mode="extend",
     tag_set="serve",
@@ -89,10 +93,12 @@ def _tap(
     name_selectors = parse_name_selectors(names)
     ops = [ops] if isinstance(ops, str) else list(ops or ())
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
+    layers = [layers] if isinstance(layers, str) else list(layers or ())
     model = io.read(input_path)
     io.check_output(input_path, output_path, overwrite)
     if not model.is_saved_model:
-        return _tap_graph_def(model, output_path, name_selectors, ops, exclude, overwrite)
+        selectors = (name_selectors, ops, exclude, layers)
+        return _tap_graph_def(model, output_path, selectors, overwrite)
 
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
@@ -110,14 +116,18 @@ def _tap(
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
                 index.forget(None)  # the outer graph has a node more
 
-    keep = Prefilter(name_selectors, ops)
+    # Layer outputs are found by reading whole bodies: no prefilter then.
+    keep = None if layers else Prefilter(name_selectors, ops)
+    layer_map = LayerMap(index, _variable_names(meta_graph)) if layers else None
     taps, already = [], []
     for key in keys:
         try:
-            selected = select(_candidates(index, meta_graph, objects, key, keep),
-                              name_selectors, ops, exclude)
+            candidates = _candidates(index, meta_graph, objects, key, keep)
+            outputs = layer_map.select(candidates, layers) if layers else None
+            selected = select(candidates, name_selectors, ops, exclude, outputs)
         except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
-            select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
+            if keep is not None:
+                select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
             raise
         fresh = _fresh(selected, already)
         for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
@@ -145,13 +155,27 @@ def list_targets(input_path, signatures=None, tag_set="serve"):
 def _list_targets(input_path, signatures, tag_set):
     model = io.read(input_path)
     if not model.is_saved_model:
-        return GraphIndex(model.proto).all_candidates()
+        index = GraphIndex(model.proto)
+        return _with_layers(index.all_candidates(), LayerMap(index))
     meta_graph = _meta_graph(model, tag_set)
     index, objects = _index(meta_graph), _objects(meta_graph)
     found = []
     for key in _signature_keys(meta_graph, signatures, model.path):
         found += _candidates(index, meta_graph, objects, key)
-    return found
+    return _with_layers(found, LayerMap(index, _variable_names(meta_graph)))
+
+
+def _with_layers(candidates, layer_map):
+    for candidate in candidates:
+        candidate.layer = layer_map.layer_of(candidate)
+        candidate.layer_output = layer_map.is_output(candidate)
+    return candidates
+
+
+def _variable_names(meta_graph):
+    """Names of the model's variables (`dense/kernel`), from its object graph."""
+    return [node.variable.name for node in meta_graph.object_graph_def.nodes
+            if node.WhichOneof("kind") == "variable"]
 
 
 def _objects(meta_graph):
@@ -200,14 +224,18 @@ def _about(input_path):
         raise
 
 
-def _tap_graph_def(model, output_path, name_selectors, ops, exclude, overwrite):
+def _tap_graph_def(model, output_path, selectors, overwrite):
+    name_selectors, ops, exclude, layers = selectors
     index = GraphIndex(model.proto)
     already = []
+    keep = None if layers else Prefilter(name_selectors, ops)
     try:
-        selected = select(index.all_candidates(Prefilter(name_selectors, ops)),
-                          name_selectors, ops, exclude)
+        candidates = index.all_candidates(keep)
+        outputs = LayerMap(index).select(candidates, layers) if layers else None
+        selected = select(candidates, name_selectors, ops, exclude, outputs)
     except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
-        select(index.all_candidates(), name_selectors, ops, exclude)
+        if keep is not None:
+            select(index.all_candidates(), name_selectors, ops, exclude)
         raise
     fresh = _fresh(selected, already)
     if not fresh:

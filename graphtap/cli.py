@@ -1,6 +1,6 @@
 """The `graphtap` command: a thin absl-flags front end over the Python API.
 
-    graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP
+    graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP --tap_layer=NAME
     graphtap list --input=DIR [--filter=REGEX] [--format=table|json]
     graphtap verify --original=DIR --tapped=DIR [--inputs=NAME=FILE.npy] [--runs=N]
     graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
@@ -30,6 +30,8 @@ flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tenso
                           "`graphtap list` shows them (`node`, or `node:k` for output k > 0); "
                           "`REGEX=KEY` chooses the output key. Repeatable.")
 flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
+flags.DEFINE_multi_string("tap_layer", [], "tap: Keras layer name (as in model.summary()) whose "
+                          "output is tapped, keyed by the layer's name. Repeatable.")
 flags.DEFINE_multi_string("exclude", [], "tap: regex; tensors whose names it full-matches "
                           "are not tapped (applied after --tap_name/--tap_op). Repeatable.")
 flags.DEFINE_string("filter", None, "list: only tensors whose names this regex searches.")
@@ -82,6 +84,7 @@ def main(argv):
             names=FLAGS.tap_name,
             ops=FLAGS.tap_op,
             exclude=FLAGS.exclude,
+            layers=FLAGS.tap_layer,
             signatures=FLAGS.signature_def,
             mode=FLAGS.mode,
             tag_set=FLAGS.tag_set,
@@ -103,13 +106,15 @@ def _list():
         targets = [c for c in targets if pattern.search(c.name)]
     if FLAGS.format == "json":
         rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),
-                 "shape": c.dims, "function": c.function, "tappable": not c.blocked,
-                 "why_not": c.blocked} for c in targets]
+                 "shape": c.dims, "layer": c.layer, "layer_output": c.layer_output,
+                 "function": c.function, "tappable": not c.blocked, "why_not": c.blocked}
+                for c in targets]
         print(json.dumps(rows, indent=1))
         return
-    rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims), c.function or "",
+    rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims),
+             f"{c.layer} (output)" if c.layer_output else c.layer or "", c.function or "",
              "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
-    _print_table(("name", "op", "dtype", "shape", "function", "tappable"), rows)
+    _print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
 
 
 def _named_arrays(read):

@@ -38,6 +38,8 @@ class Candidate:
     shape: object  # TensorShapeProto, or None when the model does not say
     blocked: str = None  # why it cannot be exposed, if it cannot
     tapped_by: str = None  # graphtap Identity already reading it
+    layer: str = None  # the Keras layer it belongs to, where asked (layers.LayerMap)
+    layer_output: bool = False  # whether it is that layer's output
 
     @property
     def name(self):

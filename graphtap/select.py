@@ -49,13 +49,18 @@ class Prefilter:
                    for regex in self.regexes for k in range(1, output_count))
 
 
-def select(candidates, names=(), ops=(), exclude=()):
-    """Returns [(candidate, key or None)] in candidate order: the union of what `names`
-    and `ops` select, less the tensors whose names an `exclude` regex full-matches.
+def select(candidates, names=(), ops=(), exclude=(), layers=None):
+    """Returns [(candidate, key or None)] in candidate order: the union of what `names`,
+    `ops` and `layers` ({layer: its output candidates}, from layers.LayerMap.select)
+    select, less the tensors whose names an `exclude` regex full-matches.
     Raises when a selector matches nothing or a selected tensor cannot be tapped."""
-    if not names and not ops:
-        raise errors.NoMatch("no selector given: pass --tap_name or --tap_op")
+    if not names and not ops and not layers:
+        raise errors.NoMatch("no selector given: pass --tap_name, --tap_op or --tap_layer")
     chosen = {}
+    for layer, outputs in (layers or {}).items():
+        for candidate in outputs:  # a layer's only output is keyed by the layer's name
+            key = layer if len(outputs) == 1 else None
+            chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
     for pattern, key in names:
         regex = _compile(pattern)
         matched = [c for c in candidates if regex.fullmatch(c.name)]

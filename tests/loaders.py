@@ -36,3 +36,14 @@ def assert_bit_identical(actual, expected, keys):
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def submodel_outputs(model, layer_names, inputs):
+    """{layer name: its output on `inputs`}, from a Keras sub-model of `model`."""
+    import keras
+
+    outputs = [model.get_layer(name).output for name in layer_names]
+    values = keras.Model(model.inputs, outputs)([inputs], training=False)
+    if len(layer_names) == 1:
+        values = [values]
+    return dict(zip(layer_names, [np.asarray(v) for v in values]))

@@ -75,6 +75,8 @@ BAD_INPUTS = {
                                  "name selector '.*/Relu7' matches no tappable tensor"),
     "op in a While body": (lambda m, t: m["keras_lstm"], ["--tap_op=Sigmoid"],
                            "the 'body' of While node 'rnn_1/lstm_1/while'"),
+    "unknown layer": (lambda m, t: m["keras_cnn"], ["--tap_layer=dense", "--tap_layer=densse"],
+                      "no Keras layer 'densse'; the layers are: add, bn, conv, conv_res, dense"),
     "unknown signature": (lambda m, t: m["keras_cnn"], ["--tap_op=Relu", "--signature_def=nah"],
                           "no signature 'nah'; it has serve, serving_default"),
 }

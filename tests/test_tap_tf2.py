@@ -8,11 +8,10 @@ bit for bit.
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from loaders import assert_bit_identical, assert_close, run_tf1, run_tf2
+from loaders import assert_bit_identical, assert_close, run_tf1, run_tf2, submodel_outputs
 
 import graphtap
 from graphtap import errors, protos
@@ -55,14 +54,6 @@ def assert_signature_untouched(original_dir, tapped_dir, key):
     root = _signature_function(before, key)
     assert _signature_function(after, key) == root
     assert _function_closure(before, root) == _function_closure(after, root)
-
-
-def submodel_outputs(model, layer_names, inputs):
-    outputs = [model.get_layer(name).output for name in layer_names]
-    values = keras.Model(model.inputs, outputs)([inputs], training=False)
-    if len(layer_names) == 1:
-        values = [values]
-    return dict(zip(layer_names, [np.asarray(v) for v in values]))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,132 @@
+"""Keras layers in an exported graph: which tensors belong to which layer, and which
+tensor is each layer's output.
+
+Keras 3 runs each layer's call in a name scope named after the layer, inside the model's
+scope, so a node of layer `dense` in model `cnn` is named `cnn_1/dense_1/MatMul`: in the
+functions that `model.export` and `tf.saved_model.save` write (Keras 3.15), every scope
+carries TensorFlow's uniqueness suffix (`_1`; `_2` for a layer's second call). The layer's
+name is the second path component without that suffix. Whether the suffix is there is
+checked against the model's variables, whose names start with the layer's own name
+(`dense/kernel`); a model whose scopes carry none is read as it is.
+
+A layer's output is the node of its scope whose value leaves the scope: a node outside
+the scope reads it, or the function returns it (variable reads and constants aside).
+"""
+
+import collections
+import re
+
+from graphtap import errors
+from graphtap.index import node_of
+
+_SUFFIX = re.compile(r"_\d+$")
+_NOT_OUTPUTS = frozenset({"Const", "ReadVariableOp", "VarHandleOp", "NoOp"})
+
+
+class LayerMap:
+    """Layer names and outputs of the candidates of one meta graph."""
+
+    def __init__(self, index, variable_names=()):
+        self.index = index
+        self._strip = _scopes_carry_suffix(index, variable_names)
+        self._outputs = {}  # function -> {(node, output ref)} leaving their layer's scope
+
+    def layer_of(self, candidate):
+        """The layer the candidate's node belongs to, or None."""
+        parts = candidate.node.split("/")
+        if len(parts) < 3:
+            return None
+        return _SUFFIX.sub("", parts[1]) if self._strip else parts[1]
+
+    def is_output(self, candidate):
+        """Whether the candidate is its layer's output (never one inside a loop body or
+        a branch: those run in a function of their own, which returns into the layer)."""
+        if candidate.blocked or self.layer_of(candidate) is None:
+            return False
+        ref = _ref(candidate)
+        return (candidate.node, ref) in self._leaving(candidate.function)
+
+    def select(self, candidates, layers):
+        """{layer: [candidates that are its outputs]}; raises for an unknown layer."""
+        found = collections.defaultdict(list)
+        known = set()
+        for candidate in candidates:
+            layer = self.layer_of(candidate)
+            if layer is None:
+                continue
+            known.add(layer)
+            if layer in layers and self.is_output(candidate):
+                found[layer].append(candidate)
+        unknown = [layer for layer in layers if layer not in found]
+        if unknown:
+            listed = ", ".join(sorted(known)) or "none (no Keras layer scopes in this signature)"
+            raise errors.NoMatch(f"no Keras layer {', '.join(map(repr, unknown))}; "
+                                 f"the layers are: {listed}")
+        return found
+
+    def _leaving(self, function):
+        if function not in self._outputs:
+            self._outputs[function] = _leaving_scope(self.index, function)
+        return self._outputs[function]
+
+
+def _ref(candidate):
+    """How a consumer in the candidate's body refers to it."""
+    if candidate.function is None:
+        return candidate.name
+    return f"{candidate.node}:{candidate.arg}:{candidate.arg_index}"
+
+
+def _scope(name):
+    parts = name.split("/")
+    return "/".join(parts[:2]) if len(parts) >= 3 else None
+
+
+def _leaving_scope(index, function):
+    """{(node, tensor ref)} of the body's layer-scope tensors read outside their scope."""
+    body = index.body(function)
+    ops = dict(zip(body.names, body.ops))
+    leaving = set()
+
+    def consider(ref, reader_scope):
+        if ref.startswith("^"):
+            return
+        node = node_of(ref)
+        scope = _scope(node)
+        if scope is not None and scope != reader_scope and ops.get(node) not in _NOT_OUTPUTS:
+            if function is None and ":" not in ref:
+                ref = node
+            leaving.add((node, _canonical(ref, function)))
+
+    for node in body.nodes:
+        reader = _scope(node.name)
+        for ref in node.input:
+            consider(ref, reader)
+    if function is not None:
+        for ref in index.functions[function].ret.values():
+            consider(ref, None)
+    return leaving
+
+
+def _canonical(ref, function):
+    """`node:0` and `node` name the same outer-graph tensor; keep `node`."""
+    if function is None and ref.endswith(":0"):
+        return ref[:-2]
+    return ref
+
+
+def _scopes_carry_suffix(index, variable_names):
+    """Whether layer scopes carry TensorFlow's `_N` suffix, judged by the layers that
+    have variables; True when no variable settles it (what Keras 3 exports show)."""
+    layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
+    if not layers_with_variables:
+        return True
+    scopes = set()
+    for function in index.functions:
+        for name in index.body(function).names:
+            parts = name.split("/")
+            if len(parts) >= 3:
+                scopes.add(parts[1])
+    exact = len(layers_with_variables & scopes)
+    suffixed = len(layers_with_variables & {_SUFFIX.sub("", scope) for scope in scopes})
+    return suffixed > exact

@@ -1,0 +1,94 @@
+"""--tap_layer and the layer column of `list`: Keras layer names mapped to the tensors of
+Keras 3 exports, checked against Keras sub-models of the same models."""
+
+import numpy as np
+import pytest
+from loaders import assert_bit_identical, assert_close, run_tf1, run_tf2, submodel_outputs
+
+import graphtap
+from graphtap import errors, protos
+
+RNG = np.random.default_rng(21)
+IMAGES = RNG.standard_normal((3, 16, 16, 3)).astype("float32")
+SMALL_IMAGES = RNG.standard_normal((2, 32, 32, 3)).astype("float32")
+SEQUENCES = RNG.standard_normal((3, 5, 3)).astype("float32")
+
+
+def _input_name(model_dir):
+    """The only input of the serving signature (Keras names it after its graph tensor)."""
+    with open(f"{model_dir}/saved_model.pb", "rb") as f:
+        meta_graph = protos.SavedModel.FromString(f.read()).meta_graphs[0]
+    (name,) = meta_graph.signature_def["serving_default"].inputs
+    return name
+
+
+def _layer_names(model):
+    return [layer.name for layer in model.layers if layer.__class__.__name__ != "InputLayer"]
+
+
+@pytest.mark.parametrize("fixture", ["keras_cnn", "mobilenet_v2", "keras_lstm"])
+def test_list_shows_every_layers_output(fixture, request):
+    path, model = request.getfixturevalue(fixture)
+    targets = graphtap.list_targets(path)
+    outputs = {}
+    for c in targets:
+        if c.layer_output:
+            outputs.setdefault(c.layer, []).append(c.name)
+    assert set(outputs) == set(_layer_names(model))
+    assert all(len(names) == 1 for names in outputs.values()), outputs
+    assert {c.layer for c in targets if c.layer} == set(outputs)
+
+
+def test_keras_cnn_layers_equal_keras_submodel_on_both_load_paths(keras_cnn, tmp_path):
+    path, model = keras_cnn
+    layers = _layer_names(model)
+    out = str(tmp_path / "tapped")
+    report = graphtap.tap(path, out, layers=layers)
+    assert sorted(r.key for r in report.taps) == sorted(layers)
+    reference = submodel_outputs(model, layers, IMAGES)
+    original = run_tf2(path, "serving_default", {"image": IMAGES})
+    for run in (run_tf2, run_tf1):
+        outputs = run(out, "serving_default", {"image": IMAGES})
+        assert_bit_identical(outputs, original, ["output_0"])
+        for layer in layers:
+            assert_close(outputs[layer], reference[layer], rtol=1e-5, atol=1e-5)
+
+
+def test_mobilenet_v2_layers_equal_keras_submodel(mobilenet_v2, tmp_path):
+    path, model = mobilenet_v2
+    layers = ["Conv1", "bn_Conv1", "Conv1_relu", "block_1_pad", "block_2_add",
+              "block_6_depthwise_BN", "out_relu", "global_average_pooling2d", "predictions"]
+    assert set(layers) <= set(_layer_names(model))
+    out = str(tmp_path / "tapped")
+    graphtap.tap(path, out, layers=layers)
+    outputs = run_tf2(out, "serving_default", {_input_name(path): SMALL_IMAGES})
+    reference = submodel_outputs(model, layers, SMALL_IMAGES)
+    for layer in layers:
+        assert_close(outputs[layer], reference[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_lstm_layer_output_is_the_last_step(keras_lstm, tmp_path):
+    path, model = keras_lstm
+    out = str(tmp_path / "tapped")
+    graphtap.tap(path, out, layers=["lstm", "head"])
+    outputs = run_tf2(out, "serving_default", {"sequence": SEQUENCES})
+    reference = submodel_outputs(model, ["lstm", "head"], SEQUENCES)
+    assert_close(outputs["lstm"], reference["lstm"])
+    assert_close(outputs["head"], reference["head"])
+
+
+def test_layers_combine_with_names_and_exclude(keras_cnn, tmp_path):
+    path, _ = keras_cnn
+    report = graphtap.tap(path, str(tmp_path / "tapped"), layers=["dense", "bn"],
+                          names=["cnn_1/relu_1/Relu"], exclude=[".*/dense_1/.*"])
+    assert sorted(r.key for r in report.taps) == ["bn", "cnn_1_relu_1_Relu"]
+
+
+def test_unknown_layer_error_lists_the_layers(keras_cnn, tmp_path):
+    path, _ = keras_cnn
+    with pytest.raises(errors.NoMatch) as raised:
+        graphtap.tap(path, str(tmp_path / "tapped"), layers=["dense", "densse"])
+    message = str(raised.value)
+    assert "no Keras layer 'densse'" in message and path in message
+    assert "add, bn, conv, conv_res, dense, pool, probs, relu" in message
+    assert not (tmp_path / "tapped").exists()
