@@ -6,13 +6,13 @@ import gc
 import json
 import os
 
-from graphtap import check, errors, io, protos
+from graphtap import check, errors, io, profiling, protos
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
 from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import Prefilter, parse_name_selectors, select
+from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
 INIT_OP_SIGNATURE = "__saved_model_init_op"
@@ -52,7 +52,8 @@ class Report:
         return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
 
 
-def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None, **options):
+def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None,
+        profile=None, top_k=20, **options):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
@@ -62,6 +63,9 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     ops: op types; every output of every op of these types.
     layers: Keras layer names (`dense`, `conv2d_1`); each layer's output tensor, keyed by
       the layer's name.
+    profile: a profiler log directory (`graphtap profile`, tf.profiler.experimental) of
+      this model: the `top_k` nodes that took most time; with `names`, every traced node
+      whose name they match instead.
     exclude: regexes; tensors whose names they full-match are not tapped.
     signatures: signature key(s) to tap; default `serving_default`, or the only one.
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
@@ -72,7 +76,8 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
     with _about(input_path), _collector_paused():
-        return _tap(input_path, output_path, names, ops, exclude, layers, **options)
+        return _tap(input_path, output_path, names, ops, exclude, layers, profile, top_k,
+                    **options)
 
 
 def _tap(
@@ -82,6 +87,8 @@ def _tap(
     ops=None,
     exclude=None,
     layers=None,
+    profile=None,
+    top_k=20,
     signatures=None,
     mode="extend",
     tag_set="serve",
@@ -97,8 +104,12 @@ def _tap(
     model = io.read(input_path)
     io.check_output(input_path, output_path, overwrite)
     if not model.is_saved_model:
+        if profile:
+            raise errors.GraphtapError("profiles map onto SavedModel signatures; this is a "
+                                       "GraphDef", model.path)
         selectors = (name_selectors, ops, exclude, layers)
         return _tap_graph_def(model, output_path, selectors, overwrite)
+    traces = profiling.trace_files(profile) if profile else None
 
     meta_graph = _meta_graph(model, tag_set)
     objects = _objects(meta_graph)
@@ -116,15 +127,19 @@ def _tap(
                 add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
                 index.forget(None)  # the outer graph has a node more
 
-    # Layer outputs are found by reading whole bodies: no prefilter then.
-    keep = None if layers else Prefilter(name_selectors, ops)
+    # Layer outputs and profiled nodes are found among all tensors: no prefilter then.
+    keep = None if layers or profile else Prefilter(name_selectors, ops)
     layer_map = LayerMap(index, _variable_names(meta_graph)) if layers else None
     taps, already = [], []
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
-            outputs = layer_map.select(candidates, layers) if layers else None
-            selected = select(candidates, name_selectors, ops, exclude, outputs)
+            picked = layer_map.select(candidates, layers) if layers else []
+            names_left = name_selectors
+            if traces:
+                profiled, names_left = _profiled(candidates, traces, name_selectors, top_k, key)
+                picked += profiled
+            selected = select(candidates, names_left, ops, exclude, picked)
         except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
             if keep is not None:
                 select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
@@ -150,6 +165,51 @@ def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
     with _about(input_path):
         return _list_targets(input_path, signatures, tag_set)
+
+
+def _profiled(candidates, traces, name_selectors, top_k, signature):
+    """[(candidate, key)] a profile picks, and the name selectors it leaves for `select`:
+    with names, the traced tensors they match (and none are left); else the `top_k`
+    traced tensors that took most time."""
+    traced = profiling.match(candidates, traces)
+    if not traced.times:
+        raise errors.NoMatch(
+            f"none of the profile's {traced.op_events} op events maps to a node of signature "
+            f"'{signature}': was the profile taken of this model?", traces[0])
+    tappable = [t.candidate for t in traced.times if not t.candidate.blocked]
+    if not name_selectors:
+        return [(candidate, None) for candidate in tappable[:top_k]], name_selectors
+    picked = []
+    for pattern, key in name_selectors:
+        regex = compile_regex(pattern)
+        matched = [c for c in tappable if regex.fullmatch(c.name)]
+        if not matched:
+            raise errors.NoMatch(f"name selector '{pattern}' matches no traced node", traces[0])
+        picked += [(c, key) for c in matched]
+    return picked, []
+
+
+def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size=1):
+    """Runs a signature `runs` times under TensorFlow's profiler, writing the standard
+    trace (`logdir/plugins/profile/<run>/<host>.xplane.pb`), and returns its
+    profiling.ProfileMatch. inputs: {name: array}; others are random, `batch_size`
+    examples. Imports TensorFlow."""
+    with _about(input_path):
+        key = profiling.run_profile(input_path, logdir, inputs, signature, runs, batch_size)
+    return profile_times(input_path, logdir, key)
+
+
+def profile_times(input_path, logdir, signature=None, tag_set="serve"):
+    """A profiling.ProfileMatch: the time each node of a signature took in the trace
+    under `logdir`, most first, and the op events that map to no node. No TensorFlow."""
+    with _about(input_path):
+        model = io.read(input_path)
+        if not model.is_saved_model:
+            raise errors.GraphtapError("profiles map onto SavedModel signatures", model.path)
+        meta_graph = _meta_graph(model, tag_set)
+        (key,) = _signature_keys(meta_graph, signature, model.path)
+        candidates = _candidates(_index(meta_graph), meta_graph, _objects(meta_graph), key)
+        return profiling.match(candidates, profiling.trace_files(logdir))
 
 
 def _list_targets(input_path, signatures, tag_set):

@@ -3,6 +3,7 @@
     graphtap tap --input=DIR --output=DIR --tap_name=REGEX --tap_op=OP --tap_layer=NAME
     graphtap list --input=DIR [--filter=REGEX] [--format=table|json]
     graphtap verify --original=DIR --tapped=DIR [--inputs=NAME=FILE.npy] [--runs=N]
+    graphtap profile --input=DIR --logdir=DIR [--inputs=NAME=FILE.npy] [--runs=10] [--top_k=20]
     graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
         --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
 
@@ -21,7 +22,7 @@ import graphtap
 from graphtap import errors, protos
 
 FLAGS = flags.FLAGS
-VERBS = ("tap", "list", "verify", "dump")
+VERBS = ("tap", "list", "verify", "profile", "dump")
 
 flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, .pbtxt).")
 flags.DEFINE_string("output", None, "tap: where to write the tapped model (directory, or file "
@@ -32,6 +33,13 @@ flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tenso
 flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
 flags.DEFINE_multi_string("tap_layer", [], "tap: Keras layer name (as in model.summary()) whose "
                           "output is tapped, keyed by the layer's name. Repeatable.")
+flags.DEFINE_string("tap_profile", None, "tap: a profiler log directory of this model: tap "
+                    "the --top_k nodes that took most time (with --tap_name: the traced nodes "
+                    "it matches).")
+flags.DEFINE_integer("top_k", 20, "tap --tap_profile, profile: how many of the most expensive "
+                     "nodes.", lower_bound=1)
+flags.DEFINE_string("logdir", None, "profile: where to write the trace "
+                    "(plugins/profile/<run>/<host>.xplane.pb, as TensorBoard reads it).")
 flags.DEFINE_multi_string("exclude", [], "tap: regex; tensors whose names it full-matches "
                           "are not tapped (applied after --tap_name/--tap_op). Repeatable.")
 flags.DEFINE_string("filter", None, "list: only tensors whose names this regex searches.")
@@ -75,6 +83,9 @@ def main(argv):
     if argv[1] == "dump":
         _dump()
         return
+    if argv[1] == "profile":
+        _profile()
+        return
     _require("input")
     if argv[1] == "tap":
         _require("output")
@@ -85,6 +96,8 @@ def main(argv):
             ops=FLAGS.tap_op,
             exclude=FLAGS.exclude,
             layers=FLAGS.tap_layer,
+            profile=FLAGS.tap_profile,
+            top_k=FLAGS.top_k,
             signatures=FLAGS.signature_def,
             mode=FLAGS.mode,
             tag_set=FLAGS.tag_set,
@@ -168,6 +181,28 @@ def _dump():
     _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN", "Inf"),
                  rows)
     print(f"wrote {FLAGS.out}")
+
+
+def _profile():
+    import numpy as np
+
+    _require("input")
+    _require("logdir")
+    signature = FLAGS.signature_def[0] if FLAGS.signature_def else None
+    runs = FLAGS.runs if FLAGS["runs"].present else 10
+    batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else 1
+    traced = graphtap.profile(FLAGS.input, FLAGS.logdir, _named_arrays(np.load), signature,
+                              runs=runs, batch_size=batch_size)
+    total = sum(t.picoseconds for t in traced.times)
+    rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
+             f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:FLAGS.top_k]]
+    _print_table(("name", "op", "events", "total ms", "share"), rows)
+    print(f"{len(traced.times)} nodes, {total / 1e9:.3f} ms of op time in {runs} runs "
+          f"({traced.wall_picoseconds / 1e9:.3f} ms traced); trace: {traced.files[0]}")
+    unmapped = sum(traced.unmapped.values())
+    if unmapped:
+        print(f"{unmapped} of {traced.op_events} op events map to no node: "
+              + ", ".join(path for path, _ in traced.unmapped.most_common(3)))
 
 
 def _number(value):

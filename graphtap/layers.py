@@ -47,7 +47,8 @@ class LayerMap:
         return (candidate.node, ref) in self._leaving(candidate.function)
 
     def select(self, candidates, layers):
-        """{layer: [candidates that are its outputs]}; raises for an unknown layer."""
+        """[(candidate, key)] of the layers' outputs, a layer's only output keyed by the
+        layer's name (None for a layer with several); raises for an unknown layer."""
         found = collections.defaultdict(list)
         known = set()
         for candidate in candidates:
@@ -62,7 +63,8 @@ class LayerMap:
             listed = ", ".join(sorted(known)) or "none (no Keras layer scopes in this signature)"
             raise errors.NoMatch(f"no Keras layer {', '.join(map(repr, unknown))}; "
                                  f"the layers are: {listed}")
-        return found
+        return [(candidate, layer if len(outputs) == 1 else None)
+                for layer, outputs in found.items() for candidate in outputs]
 
     def _leaving(self, function):
         if function not in self._outputs:

@@ -34,7 +34,7 @@ class Prefilter:
 
     def __init__(self, names=(), ops=()):
         self.ops = frozenset(ops)
-        self.regexes = [_compile(pattern) for pattern, _ in names]
+        self.regexes = [compile_regex(pattern) for pattern, _ in names]
 
     @property
     def name_matches(self):
@@ -49,20 +49,20 @@ class Prefilter:
                    for regex in self.regexes for k in range(1, output_count))
 
 
-def select(candidates, names=(), ops=(), exclude=(), layers=None):
-    """Returns [(candidate, key or None)] in candidate order: the union of what `names`,
-    `ops` and `layers` ({layer: its output candidates}, from layers.LayerMap.select)
-    select, less the tensors whose names an `exclude` regex full-matches.
+def select(candidates, names=(), ops=(), exclude=(), picked=()):
+    """Returns [(candidate, key or None)] in candidate order: the union of what `names`
+    and `ops` select and of `picked` ([(candidate, key or None)] that other selectors,
+    Keras layers or a profile, chose), less the tensors whose names an `exclude` regex
+    full-matches.
     Raises when a selector matches nothing or a selected tensor cannot be tapped."""
-    if not names and not ops and not layers:
-        raise errors.NoMatch("no selector given: pass --tap_name, --tap_op or --tap_layer")
+    if not names and not ops and not picked:
+        raise errors.NoMatch("no selector given: pass --tap_name, --tap_op, --tap_layer or "
+                             "--tap_profile")
     chosen = {}
-    for layer, outputs in (layers or {}).items():
-        for candidate in outputs:  # a layer's only output is keyed by the layer's name
-            key = layer if len(outputs) == 1 else None
-            chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
+    for candidate, key in picked:
+        chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
     for pattern, key in names:
-        regex = _compile(pattern)
+        regex = compile_regex(pattern)
         matched = [c for c in candidates if regex.fullmatch(c.name)]
         if not matched:
             raise errors.NoMatch(_no_match_message("name", pattern, {c.name for c in candidates}))
@@ -81,7 +81,7 @@ def select(candidates, names=(), ops=(), exclude=(), layers=None):
         for candidate in matched:
             chosen.setdefault(candidate, None)
     for pattern in exclude:
-        regex = _compile(pattern)
+        regex = compile_regex(pattern)
         chosen = {c: k for c, k in chosen.items() if not regex.fullmatch(c.name)}
     if not chosen:
         raise errors.NoMatch("every selected tensor is excluded")
@@ -93,7 +93,8 @@ def select(candidates, names=(), ops=(), exclude=(), layers=None):
     return [(c, chosen[c]) for c in candidates if c in chosen]
 
 
-def _compile(pattern):
+def compile_regex(pattern):
+    """A selector's regex, compiled; a bad one is a NoMatch naming it."""
     try:
         return re.compile(pattern)
     except re.error as error:
