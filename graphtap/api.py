@@ -291,8 +291,8 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
     keep = None if layers else Prefilter(name_selectors, ops)
     try:
         candidates = index.all_candidates(keep)
-        outputs = LayerMap(index).select(candidates, layers) if layers else None
-        selected = select(candidates, name_selectors, ops, exclude, outputs)
+        picked = LayerMap(index).select(candidates, layers) if layers else []
+        selected = select(candidates, name_selectors, ops, exclude, picked)
     except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
         if keep is not None:
             select(index.all_candidates(), name_selectors, ops, exclude)
