@@ -6,7 +6,7 @@ import gc
 import json
 import os
 
-from graphtap import check, errors, io, profiling, protos
+from graphtap import check, errors, io, loops, profiling, protos
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
@@ -34,6 +34,7 @@ class TapRecord:
     shape: list  # dims, -1 where unknown; None when even the rank is unknown
     tensor: str  # what the signature output names in the graph
     call_path: list  # call nodes from the outer graph down to `function`
+    loop: str = None  # inside a While body: "stack" (every iteration) or "last"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Report:
 
 
 def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None,
-        profile=None, top_k=20, **options):
+        profile=None, top_k=20, loop=None, **options):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
@@ -66,6 +67,8 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     profile: a profiler log directory (`graphtap profile`, tf.profiler.experimental) of
       this model: the `top_k` nodes that took most time; with `names`, every traced node
       whose name they match instead.
+    loop: for tensors inside a While loop's body, "stack" (every iteration's value, on a
+      new leading axis) or "last" (the last iteration's); without it they are refused.
     exclude: regexes; tensors whose names they full-match are not tapped.
     signatures: signature key(s) to tap; default `serving_default`, or the only one.
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
@@ -76,7 +79,7 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
     with _about(input_path), _collector_paused():
-        return _tap(input_path, output_path, names, ops, exclude, layers, profile, top_k,
+        return _tap(input_path, output_path, names, ops, exclude, layers, profile, top_k, loop,
                     **options)
 
 
@@ -89,6 +92,7 @@ def _tap(
     layers=None,
     profile=None,
     top_k=20,
+    loop=None,
     signatures=None,
     mode="extend",
     tag_set="serve",
@@ -97,6 +101,8 @@ def _tap(
 ):
     if mode not in ("extend", "add"):
         raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
+    if loop not in (None, *loops.MODES):
+        raise errors.GraphtapError(f"loop must be 'stack' or 'last', not '{loop}'")
     name_selectors = parse_name_selectors(names)
     ops = [ops] if isinstance(ops, str) else list(ops or ())
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
@@ -134,6 +140,8 @@ def _tap(
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
+            if loop:
+                loops.allow_loop_taps(index, candidates, loop)
             picked = layer_map.select(candidates, layers) if layers else []
             names_left = name_selectors
             if traces:
@@ -150,7 +158,7 @@ def _tap(
     if not taps:
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
-    rewrite = TapRewrite(index, meta_graph.signature_def, objects)
+    rewrite = TapRewrite(index, meta_graph.signature_def, objects, loop)
     rewrite.apply(taps)
     check.check_output(meta_graph, objects, keys, index, rewrite.origins,
                        set(index.functions) - rewrite.edited_in_place)
@@ -352,9 +360,10 @@ def _record(tap, source_signature):
         output=c.output,
         op=c.op,
         dtype=protos.dtype_name(c.dtype),
-        shape=c.dims,
+        shape=None if tap.shape is None or tap.shape.unknown_rank else [d.size for d in tap.shape.dim],
         tensor=tap.tensor,
         call_path=[call.node for call in c.calls],
+        loop=c.loop,
     )
 
 

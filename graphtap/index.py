@@ -40,6 +40,7 @@ class Candidate:
     tapped_by: str = None  # graphtap Identity already reading it
     layer: str = None  # the Keras layer it belongs to, where asked (layers.LayerMap)
     layer_output: bool = False  # whether it is that layer's output
+    loop: str = None  # inside a While body: how it is tapped (loops.MODES), once allowed
 
     @property
     def name(self):
@@ -248,10 +249,12 @@ class GraphIndex:
                 reason = blocked
                 if not is_call:
                     where = f"function '{function}'" if function else "the graph"
+                    loop_hint = ", pass --loop=stack|last for its value at every (or the last) " \
+                        "iteration" if attr_name == "body" and "While" in body.ops[i] else ""
                     reason = blocked or (
                         f"inside '{callee}', the '{attr_name}' of {body.ops[i]} node '{name}' in "
-                        f"{where}; tap the outputs of '{name}' instead, or leave it out with "
-                        "--exclude"
+                        f"{where}; tap the outputs of '{name}' instead{loop_hint}, or leave it "
+                        "out with --exclude"
                     )
                 call = Call(function, name, callee)
                 self._collect(callee, calls + (call,), reason, active, found, None, True, keep)

@@ -20,7 +20,7 @@ import dataclasses
 
 from google.protobuf import message
 
-from graphtap import errors
+from graphtap import errors, loops
 from graphtap.index import (
     TAP_PREFIX,
     node_of,
@@ -41,6 +41,13 @@ class Tap:
     tensor: str = None  # graph tensor the signature output names, set by the rewrite
     identity: str = None  # the Identity node added
     function: str = None  # function holding the Identity after the rewrite (None: graph)
+
+    @property
+    def shape(self):
+        """The output's static shape: the tensor's, or for `stack` loop taps a stack of it."""
+        if self.candidate.loop == "stack":
+            return loops.stacked_shape(self.candidate.shape)
+        return self.candidate.shape
 
 
 class SignatureObjects:
@@ -97,7 +104,7 @@ class SignatureObjects:
             tensor_spec = spec.dict_value.fields[tap.key].tensor_spec_value
             tensor_spec.name = tap.key
             tensor_spec.dtype = tap.candidate.dtype
-            tensor_spec.shape.CopyFrom(tap.candidate.shape or unknown_shape())
+            tensor_spec.shape.CopyFrom(tap.shape or unknown_shape())
 
     def object_references(self):
         """{function name: [node ids]} of every function the object graph refers to."""
@@ -138,7 +145,7 @@ class TapRewrite:
     """Applies taps to one graph in place. `signature_defs` and `objects` are None for a
     GraphDef; `objects` is None for TF1 SavedModels."""
 
-    def __init__(self, index, signature_defs=None, objects=None):
+    def __init__(self, index, signature_defs=None, objects=None, loop=None):
         self.index = index
         self.graph_def = graph_def = index.graph_def
         self.signature_defs = signature_defs
@@ -149,6 +156,8 @@ class TapRewrite:
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
         self.edited_in_place = set()  # functions whose own body `apply` changed
         self.origins = {}  # {clone: the function it copies}
+        self.loop = loop  # loops.MODES: how taps inside While bodies come out
+        self._loop_bodies = set()
 
     def apply(self, taps):
         """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
@@ -164,8 +173,14 @@ class TapRewrite:
         self._calls_by_caller = collections.defaultdict(list)
         for (caller, node_name), callee in calls_on_path.items():
             self._calls_by_caller[caller].append((node_name, callee))
+        self._loop_bodies = {
+            callee for (caller, node_name), callee in calls_on_path.items()
+            if self._node(caller, node_name).op in loops.WHILE_OPS
+            and self._node(caller, node_name).attr["body"].func.name == callee
+        }
         clones = self._plan_clones(calls_on_path, taps)
         order = _callees_first(calls_on_path)
+        self._clones = clones
         self.edited_in_place = {function for function in order if function not in clones}
         self.origins = {clone: function for function, clone in clones.items()}
         out_index = {}
@@ -196,6 +211,11 @@ class TapRewrite:
                 tap.tensor = self._outer_identity(tap, outer_names)
         if self.signature_defs is not None:
             self._update_signatures(taps, clones)
+
+    def _node(self, function, node_name):
+        """A node of the input, by body and name."""
+        body = self.index.body(function)
+        return body.nodes[body.position[node_name]]
 
     def _outer_identity(self, tap, outer_names):
         """An outer-graph Identity of a tap that a call node brings out of a function, so
@@ -300,6 +320,9 @@ class TapRewrite:
         for position, callee in calls_here:
             node, node_name = nodes[position], indexed.names[position]
             callee_name = clones.get(callee, callee)
+            if node.op in loops.WHILE_OPS:
+                outputs += self._wire_loop(function, nodes, node, callee, new_outputs, names)
+                continue
             is_call_op = node.op in CALL_OPS
             if is_call_op:
                 node.attr["f"].func.name = callee_name
@@ -313,18 +336,50 @@ class TapRewrite:
                 ref = f"{node_name}:output:{i}" if is_call_op else None
                 outputs.append((("call", node_name, i), dtype, shape, ref))
         if function is not None:
-            self._add_function_outputs(body, outputs, clones, calls_on_path, function)
+            outputs = self._with_refs(outputs, clones, calls_on_path, function)
+            if function in self._loop_bodies:
+                loops.add_body_outputs(body, outputs, self.loop, names)
+            else:
+                self._add_function_outputs(body, outputs)
         return [(source, dtype, shape) for source, dtype, shape, _ in outputs], identities
 
-    def _add_function_outputs(self, body, outputs, clones, calls_on_path, function):
-        arg_names = {arg.name for arg in body.signature.input_arg}
-        arg_names.update(arg.name for arg in body.signature.output_arg)
-        new_names = fresh_names("graphtap_tap", arg_names)
-        for (_, node_name, index), dtype, _, ref in outputs:
-            if ref is None:  # a call by op name: outputs are named after the callee's args
+    def _wire_loop(self, function, nodes, node, body, new_outputs, names):
+        """Gives While `node` the loop variables that bring its body's new outputs out,
+        pointing it at the (copied) body and at a copy of its condition that takes them."""
+        node.attr["body"].func.name = self._renamed(body)
+        exposed = loops.wire_loop(nodes, function, node, new_outputs[body],
+                                  self._output_counts[body], self.loop, names)
+        cond = self.graph_def.library.function.add()
+        cond.CopyFrom(self._bodies[node.attr["cond"].func.name])
+        cond.signature.name = unique_name(f"{node.attr['cond'].func.name}_graphtap", self._bodies)
+        self._bodies[cond.signature.name] = cond
+        carried = list(node.attr["T"].list.type)[len(cond.signature.input_arg):]
+        loops.add_cond_inputs(cond, carried)
+        node.attr["cond"].func.name = cond.signature.name
+        return [(("call", node.name, position), dtype, shape, ref)
+                for position, dtype, shape, ref in exposed]
+
+    def _renamed(self, function):
+        return self._clones.get(function, function)
+
+    def _with_refs(self, outputs, clones, calls_on_path, function):
+        """`outputs` with every ref filled in: a call by op name names its outputs after
+        the callee's output args."""
+        filled = []
+        for source, dtype, shape, ref in outputs:
+            if ref is None:
+                _, node_name, index = source
                 callee = calls_on_path[(function, node_name)]
                 callee_def = self._bodies[clones.get(callee, callee)]
                 ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
+            filled.append((source, dtype, shape, ref))
+        return filled
+
+    def _add_function_outputs(self, body, outputs):
+        arg_names = {arg.name for arg in body.signature.input_arg}
+        arg_names.update(arg.name for arg in body.signature.output_arg)
+        new_names = fresh_names("graphtap_tap", arg_names)
+        for _, dtype, _, ref in outputs:
             name = next(new_names)
             arg = body.signature.output_arg.add()
             arg.name = name
@@ -341,7 +396,7 @@ class TapRewrite:
                 info = signature.outputs[tap.key]
                 info.name = tap.tensor
                 info.dtype = tap.candidate.dtype
-                info.tensor_shape.CopyFrom(tap.candidate.shape or unknown_shape())
+                info.tensor_shape.CopyFrom(tap.shape or unknown_shape())
             if self.objects is None or self.objects.node_id(key) is None:
                 continue
             wrapper = self.objects.function_name(key)

@@ -1,0 +1,228 @@
+"""Taps inside `While` loop bodies: every iteration's value, or the last one.
+
+An op in a loop body runs once per iteration, so its value cannot simply leave the body.
+As TensorFlow's own gradient code does for intermediates, the loop gets one more loop
+variable per tap:
+
+- `stack`: a TensorList, created empty before the loop (EmptyTensorList); the body
+  appends the tapped value each iteration (TensorListPushBack), and after the loop
+  TensorListStack turns it into one tensor with the iterations on a new leading axis.
+- `last`: a value holder, a scalar zero of the tap's dtype before the loop, which the
+  body replaces with the tapped value each iteration; after the loop it holds the last
+  iteration's value (still the scalar zero if the loop ran no iteration). It costs no
+  memory per iteration, which is why it is not taken from the stack.
+
+The loop's existing variables keep their positions; the new ones come after them, in the
+While node's inputs, outputs, `T` and `output_shapes`, in the body's inputs and outputs,
+and in the inputs of a copy of the condition (which ignores them). What comes out after
+the loop is then an ordinary tensor of the loop's caller, exposed like any other tap.
+Loops inside loops, and loops inside `If`/`Case` branches, are refused.
+"""
+
+from graphtap import protos
+from graphtap.index import tensor_ref, unknown_shape
+
+WHILE_OPS = frozenset({"While", "StatelessWhile"})
+MODES = ("stack", "last")
+_VARIANT = protos.dtype_enum("DT_VARIANT")
+_INT32 = protos.dtype_enum("DT_INT32")
+
+
+def edge_kinds(index, candidate):
+    """For each call on the candidate's path: "call", "body" (a While's body), or
+    "other" (a While's condition, an If/Case branch, any other function attr)."""
+    kinds = []
+    for call in candidate.calls:
+        body = index.body(call.caller)
+        node = body.nodes[body.position[call.node]]
+        kind = _edge_kind(node, call.callee)
+        # A loop in the outer graph (a frozen GraphDef's) has no function to plumb out of.
+        kinds.append("other" if kind == "body" and call.caller is None else kind)
+    return kinds
+
+
+def _edge_kind(node, callee):
+    from graphtap.opdefs import CALL_OPS
+
+    if node.op in CALL_OPS and node.attr["f"].func.name == callee or node.op == callee:
+        return "call"
+    if node.op in WHILE_OPS and node.attr["body"].func.name == callee:
+        return "body"
+    return "other"
+
+
+def allow_loop_taps(index, candidates, mode):
+    """Lets candidates inside one level of While body be tapped (in `mode`); the others
+    stay refused, with a reason that says why."""
+    for candidate in candidates:
+        if not candidate.blocked:
+            continue
+        kinds = edge_kinds(index, candidate)
+        if kinds.count("body") == 1 and "other" not in kinds:
+            candidate.blocked = None
+            candidate.loop = mode
+        elif kinds.count("body") > 1 and "other" not in kinds:
+            candidate.blocked = "inside a loop inside a loop, which --loop does not support"
+
+
+def stacked_shape(shape):
+    """The shape of a stack of tensors of `shape`: one more, unknown, leading dimension."""
+    stacked = protos.TensorShapeProto()
+    if shape is None or shape.unknown_rank:
+        stacked.unknown_rank = True
+        return stacked
+    stacked.dim.add().size = -1
+    stacked.dim.extend(shape.dim)
+    return stacked
+
+
+def add_body_outputs(body, outputs, mode, names):
+    """Adds to a loop body, for each new output (source, dtype, shape, ref), a loop
+    variable: an input argument, and an output argument returning the accumulated list
+    (stack) or the value (last). `names`: the body's node names (grows)."""
+    from graphtap.keys import fresh_names, unique_name
+
+    arg_names = {arg.name for arg in body.signature.input_arg}
+    arg_names.update(arg.name for arg in body.signature.output_arg)
+    new_names = fresh_names("graphtap_loop", arg_names)
+    for _, dtype, _, ref in outputs:
+        name = next(new_names)
+        carried = body.signature.input_arg.add()
+        carried.name = name
+        carried.type = _VARIANT if mode == "stack" else dtype
+        _declare_input_shape(body, carried.type)
+        if mode == "stack":
+            push = body.node_def.add()
+            push.name = unique_name(f"graphtap/{name}/push", names)
+            names.add(push.name)
+            push.op = "TensorListPushBack"
+            push.input.extend([name, ref])
+            push.attr["element_dtype"].type = dtype
+            ref = f"{push.name}:output_handle:0"
+        returned = body.signature.output_arg.add()
+        returned.name = f"{name}_out"
+        arg_names.add(returned.name)
+        returned.type = carried.type
+        body.ret[returned.name] = ref
+
+
+def add_cond_inputs(cond, dtypes):
+    """The loop condition takes (and ignores) the new loop variables."""
+    from graphtap.keys import fresh_names
+
+    taken = {arg.name for arg in cond.signature.input_arg}
+    taken.update(arg.name for arg in cond.signature.output_arg)
+    names = fresh_names("graphtap_loop", taken)
+    for dtype in dtypes:
+        arg = cond.signature.input_arg.add()
+        arg.name = next(names)
+        arg.type = dtype
+        _declare_input_shape(cond, dtype)
+
+
+def _declare_input_shape(function, dtype):
+    """Functions that list their inputs' shapes (`_input_shapes`) must list every one:
+    a TensorList handle is a scalar; a held value's shape may change, so it is unknown."""
+    if "_input_shapes" in function.attr:
+        shape = function.attr["_input_shapes"].list.shape.add()
+        if dtype != _VARIANT:
+            shape.unknown_rank = True
+
+
+def wire_loop(nodes, function, node, new_outputs, base, mode, names):
+    """In the loop's caller: gives While `node` one loop variable per new body output
+    (dtype, shape), starting at output `base`. Returns, per new output, (output index,
+    dtype, shape, ref) of the tensor to expose: the stack or the last value."""
+    exposed = []
+    for i, (_, dtype, shape) in enumerate(new_outputs):
+        position = base + i
+        prefix = _fresh(f"graphtap/{node.name}/loop_{position}", names)
+        if mode == "stack":
+            element_shape = _const(nodes, f"{prefix}/element_shape", _shape_tensor(shape), names)
+            limit = _const(nodes, f"{prefix}/max_num_elements", _int32_scalar(-1), names)
+            empty = _add(nodes, f"{prefix}/empty", "EmptyTensorList", names,
+                         [_out(function, element_shape, "output"), _out(function, limit, "output")])
+            empty.attr["element_dtype"].type = dtype
+            empty.attr["shape_type"].type = _INT32
+            init_ref = _out(function, empty.name, "handle")
+            carried_type, carried_shape = _VARIANT, protos.TensorShapeProto()
+        else:
+            init = _const(nodes, f"{prefix}/initial", _scalar_zero(dtype), names)
+            init_ref = _out(function, init, "output")
+            carried_type, carried_shape = dtype, unknown_shape()
+        node.input.insert(_data_input_count(node), init_ref)
+        node.attr["T"].list.type.append(carried_type)
+        if "output_shapes" in node.attr:
+            node.attr["output_shapes"].list.shape.add().CopyFrom(carried_shape)
+        if "_output_shapes" in node.attr:
+            node.attr["_output_shapes"].list.shape.add().CopyFrom(carried_shape)
+        loop_out = (f"{node.name}:output:{position}" if function is not None
+                    else f"{node.name}:{position}")
+        if mode == "stack":
+            stack = _add(nodes, f"{prefix}/stack", "TensorListStack", names,
+                         [loop_out, _out(function, element_shape, "output")])
+            stack.attr["element_dtype"].type = dtype
+            stack.attr["num_elements"].i = -1
+            exposed.append((position, dtype, stacked_shape(shape),
+                            _out(function, stack.name, "tensor")))
+        else:
+            exposed.append((position, dtype, shape, loop_out))
+    return exposed
+
+
+def _data_input_count(node):
+    """Where new data inputs go: before the control inputs (`^name`)."""
+    return sum(1 for ref in node.input if not ref.startswith("^"))
+
+
+def _out(function, node_name, arg):
+    return tensor_ref(function, node_name, 0, arg, 0)
+
+
+def _fresh(name, names):
+    from graphtap.keys import unique_name
+
+    name = unique_name(name, names)
+    names.add(name)
+    return name
+
+
+def _add(nodes, name, op, names, inputs):
+    node = nodes.add()
+    node.name = _fresh(name, names)
+    node.op = op
+    node.input.extend(inputs)
+    return node
+
+
+def _const(nodes, name, tensor, names):
+    node = _add(nodes, name, "Const", names, [])
+    node.attr["dtype"].type = tensor.dtype
+    node.attr["value"].tensor.CopyFrom(tensor)
+    return node.name
+
+
+def _shape_tensor(shape):
+    """An int32 tensor of the element shape: dims (-1 unknown), or -1 for unknown rank."""
+    tensor = protos.AttrValue().tensor
+    tensor.dtype = _INT32
+    if shape is None or shape.unknown_rank:
+        tensor.int_val.append(-1)
+        return tensor
+    tensor.tensor_shape.dim.add().size = len(shape.dim)
+    tensor.int_val.extend(dim.size if dim.size >= 0 else -1 for dim in shape.dim)
+    return tensor
+
+
+def _int32_scalar(value):
+    tensor = protos.AttrValue().tensor
+    tensor.dtype = _INT32
+    tensor.int_val.append(value)
+    return tensor
+
+
+def _scalar_zero(dtype):
+    """A scalar of `dtype` with no value given: TensorFlow reads it as zero (or "")."""
+    tensor = protos.AttrValue().tensor
+    tensor.dtype = dtype
+    return tensor
