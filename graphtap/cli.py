@@ -33,6 +33,9 @@ flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tenso
 flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
 flags.DEFINE_multi_string("tap_layer", [], "tap: Keras layer name (as in model.summary()) whose "
                           "output is tapped, keyed by the layer's name. Repeatable.")
+flags.DEFINE_enum("loop", None, ["stack", "last"], "tap: for tensors inside a While loop's "
+                  "body: `stack` gives every iteration's value on a new leading axis, `last` the "
+                  "last iteration's. Without it they are refused.")
 flags.DEFINE_string("tap_profile", None, "tap: a profiler log directory of this model: tap "
                     "the --top_k nodes that took most time (with --tap_name: the traced nodes "
                     "it matches).")
@@ -98,6 +101,7 @@ def main(argv):
             layers=FLAGS.tap_layer,
             profile=FLAGS.tap_profile,
             top_k=FLAGS.top_k,
+            loop=FLAGS.loop,
             signatures=FLAGS.signature_def,
             mode=FLAGS.mode,
             tag_set=FLAGS.tag_set,

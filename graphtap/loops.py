@@ -65,6 +65,12 @@ def allow_loop_taps(index, candidates, mode):
             candidate.blocked = "inside a loop inside a loop, which --loop does not support"
 
 
+def tap_shape(mode, shape):
+    """What a loop tap of a tensor of `shape` declares: a stack of it; for `last`, an
+    unknown shape, as the value is a scalar zero until the first iteration."""
+    return stacked_shape(shape) if mode == "stack" else unknown_shape()
+
+
 def stacked_shape(shape):
     """The shape of a stack of tensors of `shape`: one more, unknown, leading dimension."""
     stacked = protos.TensorShapeProto()
@@ -166,7 +172,8 @@ def wire_loop(nodes, function, node, new_outputs, base, mode, names):
             exposed.append((position, dtype, stacked_shape(shape),
                             _out(function, stack.name, "tensor")))
         else:
-            exposed.append((position, dtype, shape, loop_out))
+            # Declared unknown, as in the While: before the first iteration it is a scalar.
+            exposed.append((position, dtype, unknown_shape(), loop_out))
     return exposed
 
 

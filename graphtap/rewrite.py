@@ -44,9 +44,9 @@ class Tap:
 
     @property
     def shape(self):
-        """The output's static shape: the tensor's, or for `stack` loop taps a stack of it."""
-        if self.candidate.loop == "stack":
-            return loops.stacked_shape(self.candidate.shape)
+        """The output's static shape: the tensor's, or a loop tap's (loops.tap_shape)."""
+        if self.candidate.loop:
+            return loops.tap_shape(self.candidate.loop, self.candidate.shape)
         return self.candidate.shape
 
 

@@ -46,6 +46,10 @@ keras_lstm = _model_fixture("keras_lstm")
 mobilenet_v2 = _model_fixture("mobilenet_v2")
 nested_module = _model_fixture("nested_module")
 tf1_builder = _model_fixture("tf1_builder")
+keras_lstm_sequences = _model_fixture("keras_lstm_sequences")
+keras_gru = _model_fixture("keras_gru")
+keras_gru_sequences = _model_fixture("keras_gru_sequences")
+while_module = _model_fixture("while_module")
 frozen_graph = _model_fixture("frozen_graph")
 
 

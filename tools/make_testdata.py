@@ -66,6 +66,67 @@ def keras_lstm(export_dir):
     return model
 
 
+def _keras_rnn(export_dir, layer, return_sequences):
+    import keras
+    from keras import layers
+
+    _seed()
+    inputs = keras.Input(shape=(5, 3), name="sequence")
+    x = getattr(layers, layer)(4, return_sequences=return_sequences, name=layer.lower())(inputs)
+    outputs = layers.Dense(2, name="head")(x)
+    model = keras.Model(inputs, outputs, name="rnn")
+    model.export(export_dir, verbose=False)
+    return model
+
+
+def keras_lstm_sequences(export_dir):
+    """Keras 3 LSTM returning every step's output (return_sequences=True)."""
+    return _keras_rnn(export_dir, "LSTM", return_sequences=True)
+
+
+def keras_gru(export_dir):
+    """Keras 3 GRU returning its last output."""
+    return _keras_rnn(export_dir, "GRU", return_sequences=False)
+
+
+def keras_gru_sequences(export_dir):
+    """Keras 3 GRU returning every step's output."""
+    return _keras_rnn(export_dir, "GRU", return_sequences=True)
+
+
+class WhileModule(tf.Module):
+    """tf.while_loop in a tf.function: four halvings with a shift, then a loop in a loop."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        def body(i, value):
+            return i + 1, tf.nn.relu(value * 0.5 + tf.cast(i, tf.float32) - 1.0, name="step")
+
+        _, out = tf.while_loop(lambda i, value: i < 4, body, [tf.constant(0), x])
+        return {"y": out}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32, name="x")])
+    def nested(self, x):
+        def inner(j, value):
+            return j + 1, tf.math.sin(value, name="wave")
+
+        def outer(i, value):
+            _, value = tf.while_loop(lambda j, v: j < 2, inner, [tf.constant(0), value])
+            return i + 1, value
+
+        _, out = tf.while_loop(lambda i, value: i < 3, outer, [tf.constant(0), x])
+        return {"y": out}
+
+
+def while_module(export_dir):
+    """tf.Module saved with tf.saved_model.save: a While loop, and (signature `nested`) a
+    While loop inside a While loop's body."""
+    module = WhileModule()
+    tf.saved_model.save(module, export_dir,
+                        signatures={"serving_default": module.__call__, "nested": module.nested})
+    return module
+
+
 def mobilenet_v2(export_dir):
     """keras.applications.MobileNetV2 (weights=None) at a small input size."""
     import keras
@@ -180,6 +241,10 @@ BUILDERS = {
     "frozen_graph": (frozen_graph, "frozen_graph.pb"),
     "keras_lstm": (keras_lstm, "keras_lstm"),
     "mobilenet_v2": (mobilenet_v2, "mobilenet_v2"),
+    "keras_lstm_sequences": (keras_lstm_sequences, "keras_lstm_sequences"),
+    "keras_gru": (keras_gru, "keras_gru"),
+    "keras_gru_sequences": (keras_gru_sequences, "keras_gru_sequences"),
+    "while_module": (while_module, "while_module"),
 }
 
 
