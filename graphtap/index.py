@@ -72,6 +72,13 @@ def tensor_ref(function, node, output, arg, arg_index):
     return node if output == 0 else f"{node}:{output}"
 
 
+def argument_names(function):
+    """The names of a FunctionDef's input and output arguments."""
+    names = {arg.name for arg in function.signature.input_arg}
+    names.update(arg.name for arg in function.signature.output_arg)
+    return names
+
+
 def call_target(node, functions):
     """The function a call node runs (None if `node` is not a call)."""
     if node.op in CALL_OPS:

@@ -20,7 +20,9 @@ Loops inside loops, and loops inside `If`/`Case` branches, are refused.
 """
 
 from graphtap import protos
-from graphtap.index import tensor_ref, unknown_shape
+from graphtap.index import argument_names, tensor_ref, unknown_shape
+from graphtap.keys import fresh_names, unique_name
+from graphtap.opdefs import CALL_OPS
 
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
 MODES = ("stack", "last")
@@ -42,8 +44,6 @@ def edge_kinds(index, candidate):
 
 
 def _edge_kind(node, callee):
-    from graphtap.opdefs import CALL_OPS
-
     if node.op in CALL_OPS and node.attr["f"].func.name == callee or node.op == callee:
         return "call"
     if node.op in WHILE_OPS and node.attr["body"].func.name == callee:
@@ -86,10 +86,7 @@ def add_body_outputs(body, outputs, mode, names):
     """Adds to a loop body, for each new output (source, dtype, shape, ref), a loop
     variable: an input argument, and an output argument returning the accumulated list
     (stack) or the value (last). `names`: the body's node names (grows)."""
-    from graphtap.keys import fresh_names, unique_name
-
-    arg_names = {arg.name for arg in body.signature.input_arg}
-    arg_names.update(arg.name for arg in body.signature.output_arg)
+    arg_names = argument_names(body)
     new_names = fresh_names("graphtap_loop", arg_names)
     for _, dtype, _, ref in outputs:
         name = next(new_names)
@@ -98,15 +95,12 @@ def add_body_outputs(body, outputs, mode, names):
         carried.type = _VARIANT if mode == "stack" else dtype
         _declare_input_shape(body, carried.type)
         if mode == "stack":
-            push = body.node_def.add()
-            push.name = unique_name(f"graphtap/{name}/push", names)
-            names.add(push.name)
-            push.op = "TensorListPushBack"
-            push.input.extend([name, ref])
+            push = _add(body.node_def, f"graphtap/{name}/push", "TensorListPushBack", names,
+                        [name, ref])
             push.attr["element_dtype"].type = dtype
             ref = f"{push.name}:output_handle:0"
         returned = body.signature.output_arg.add()
-        returned.name = f"{name}_out"
+        returned.name = unique_name(f"{name}_out", arg_names)
         arg_names.add(returned.name)
         returned.type = carried.type
         body.ret[returned.name] = ref
@@ -114,11 +108,7 @@ def add_body_outputs(body, outputs, mode, names):
 
 def add_cond_inputs(cond, dtypes):
     """The loop condition takes (and ignores) the new loop variables."""
-    from graphtap.keys import fresh_names
-
-    taken = {arg.name for arg in cond.signature.input_arg}
-    taken.update(arg.name for arg in cond.signature.output_arg)
-    names = fresh_names("graphtap_loop", taken)
+    names = fresh_names("graphtap_loop", argument_names(cond))
     for dtype in dtypes:
         arg = cond.signature.input_arg.add()
         arg.name = next(names)
@@ -187,8 +177,6 @@ def _out(function, node_name, arg):
 
 
 def _fresh(name, names):
-    from graphtap.keys import unique_name
-
     name = unique_name(name, names)
     names.add(name)
     return name

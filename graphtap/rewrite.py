@@ -23,6 +23,7 @@ from google.protobuf import message
 from graphtap import errors, loops
 from graphtap.index import (
     TAP_PREFIX,
+    argument_names,
     node_of,
     tensor_ref,
     unknown_shape,
@@ -376,9 +377,7 @@ class TapRewrite:
         return filled
 
     def _add_function_outputs(self, body, outputs):
-        arg_names = {arg.name for arg in body.signature.input_arg}
-        arg_names.update(arg.name for arg in body.signature.output_arg)
-        new_names = fresh_names("graphtap_tap", arg_names)
+        new_names = fresh_names("graphtap_tap", argument_names(body))
         for _, dtype, _, ref in outputs:
             name = next(new_names)
             arg = body.signature.output_arg.add()
