@@ -20,14 +20,23 @@ Loops inside loops, and loops inside `If`/`Case` branches, are refused.
 """
 
 from graphtap import protos
-from graphtap.index import argument_names, tensor_ref, unknown_shape
+from graphtap.index import argument_names, unknown_shape
 from graphtap.keys import fresh_names, unique_name
+from graphtap.nodes import (
+    INT32,
+    add_const,
+    add_node,
+    fresh_name,
+    int32_scalar,
+    output_ref,
+    scalar_zero,
+    shape_tensor,
+)
 from graphtap.opdefs import CALL_OPS
 
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
 MODES = ("stack", "last")
 _VARIANT = protos.dtype_enum("DT_VARIANT")
-_INT32 = protos.dtype_enum("DT_INT32")
 
 
 def edge_kinds(index, candidate):
@@ -95,8 +104,8 @@ def add_body_outputs(body, outputs, mode, names):
         carried.type = _VARIANT if mode == "stack" else dtype
         _declare_input_shape(body, carried.type)
         if mode == "stack":
-            push = _add(body.node_def, f"graphtap/{name}/push", "TensorListPushBack", names,
-                        [name, ref])
+            push = add_node(body.node_def, f"graphtap/{name}/push", "TensorListPushBack",
+                            names, [name, ref])
             push.attr["element_dtype"].type = dtype
             ref = f"{push.name}:output_handle:0"
         returned = body.signature.output_arg.add()
@@ -132,35 +141,35 @@ def wire_loop(nodes, function, node, new_outputs, base, mode, names):
     exposed = []
     for i, (_, dtype, shape) in enumerate(new_outputs):
         position = base + i
-        prefix = _fresh(f"graphtap/{node.name}/loop_{position}", names)
+        prefix = fresh_name(f"graphtap/{node.name}/loop_{position}", names)
         if mode == "stack":
-            element_shape = _const(nodes, f"{prefix}/element_shape", _shape_tensor(shape), names)
-            limit = _const(nodes, f"{prefix}/max_num_elements", _int32_scalar(-1), names)
-            empty = _add(nodes, f"{prefix}/empty", "EmptyTensorList", names,
-                         [_out(function, element_shape, "output"), _out(function, limit, "output")])
+            element_shape = add_const(nodes, f"{prefix}/element_shape", shape_tensor(shape), names)
+            element_shape = output_ref(function, element_shape, "output")
+            limit = add_const(nodes, f"{prefix}/max_num_elements", int32_scalar(-1), names)
+            empty = add_node(nodes, f"{prefix}/empty", "EmptyTensorList", names,
+                             [element_shape, output_ref(function, limit, "output")])
             empty.attr["element_dtype"].type = dtype
-            empty.attr["shape_type"].type = _INT32
-            init_ref = _out(function, empty.name, "handle")
+            empty.attr["shape_type"].type = INT32
+            init_ref = output_ref(function, empty.name, "handle")
             carried_type, carried_shape = _VARIANT, protos.TensorShapeProto()
         else:
-            init = _const(nodes, f"{prefix}/initial", _scalar_zero(dtype), names)
-            init_ref = _out(function, init, "output")
+            init = add_const(nodes, f"{prefix}/initial", scalar_zero(dtype), names)
+            init_ref = output_ref(function, init, "output")
             carried_type, carried_shape = dtype, unknown_shape()
         node.input.insert(_data_input_count(node), init_ref)
         node.attr["T"].list.type.append(carried_type)
-        if "output_shapes" in node.attr:
-            node.attr["output_shapes"].list.shape.add().CopyFrom(carried_shape)
-        if "_output_shapes" in node.attr:
-            node.attr["_output_shapes"].list.shape.add().CopyFrom(carried_shape)
+        for shapes_attr in ("output_shapes", "_output_shapes"):
+            if shapes_attr in node.attr:
+                node.attr[shapes_attr].list.shape.add().CopyFrom(carried_shape)
         loop_out = (f"{node.name}:output:{position}" if function is not None
                     else f"{node.name}:{position}")
         if mode == "stack":
-            stack = _add(nodes, f"{prefix}/stack", "TensorListStack", names,
-                         [loop_out, _out(function, element_shape, "output")])
+            stack = add_node(nodes, f"{prefix}/stack", "TensorListStack", names,
+                             [loop_out, element_shape])
             stack.attr["element_dtype"].type = dtype
             stack.attr["num_elements"].i = -1
             exposed.append((position, dtype, stacked_shape(shape),
-                            _out(function, stack.name, "tensor")))
+                            output_ref(function, stack.name, "tensor")))
         else:
             # Declared unknown, as in the While: before the first iteration it is a scalar.
             exposed.append((position, dtype, unknown_shape(), loop_out))
@@ -170,54 +179,3 @@ def wire_loop(nodes, function, node, new_outputs, base, mode, names):
 def _data_input_count(node):
     """Where new data inputs go: before the control inputs (`^name`)."""
     return sum(1 for ref in node.input if not ref.startswith("^"))
-
-
-def _out(function, node_name, arg):
-    return tensor_ref(function, node_name, 0, arg, 0)
-
-
-def _fresh(name, names):
-    name = unique_name(name, names)
-    names.add(name)
-    return name
-
-
-def _add(nodes, name, op, names, inputs):
-    node = nodes.add()
-    node.name = _fresh(name, names)
-    node.op = op
-    node.input.extend(inputs)
-    return node
-
-
-def _const(nodes, name, tensor, names):
-    node = _add(nodes, name, "Const", names, [])
-    node.attr["dtype"].type = tensor.dtype
-    node.attr["value"].tensor.CopyFrom(tensor)
-    return node.name
-
-
-def _shape_tensor(shape):
-    """An int32 tensor of the element shape: dims (-1 unknown), or -1 for unknown rank."""
-    tensor = protos.AttrValue().tensor
-    tensor.dtype = _INT32
-    if shape is None or shape.unknown_rank:
-        tensor.int_val.append(-1)
-        return tensor
-    tensor.tensor_shape.dim.add().size = len(shape.dim)
-    tensor.int_val.extend(dim.size if dim.size >= 0 else -1 for dim in shape.dim)
-    return tensor
-
-
-def _int32_scalar(value):
-    tensor = protos.AttrValue().tensor
-    tensor.dtype = _INT32
-    tensor.int_val.append(value)
-    return tensor
-
-
-def _scalar_zero(dtype):
-    """A scalar of `dtype` with no value given: TensorFlow reads it as zero (or "")."""
-    tensor = protos.AttrValue().tensor
-    tensor.dtype = dtype
-    return tensor
