@@ -140,8 +140,7 @@ def _tap(
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
-            if loop:
-                loops.allow_loop_taps(index, candidates, loop)
+            loops.allow_control_flow_taps(index, candidates, loop)
             picked = layer_map.select(candidates, layers) if layers else []
             names_left = name_selectors
             if traces:

@@ -41,6 +41,7 @@ class Candidate:
     layer: str = None  # the Keras layer it belongs to, where asked (layers.LayerMap)
     layer_output: bool = False  # whether it is that layer's output
     loop: str = None  # inside a While body: how it is tapped (loops.MODES), once allowed
+    in_branch: bool = False  # inside an If/Case branch, and allowed
 
     @property
     def name(self):

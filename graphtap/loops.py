@@ -26,6 +26,7 @@ from graphtap.nodes import (
     INT32,
     add_const,
     add_node,
+    empty_tensor,
     fresh_name,
     int32_scalar,
     output_ref,
@@ -35,6 +36,8 @@ from graphtap.nodes import (
 from graphtap.opdefs import CALL_OPS
 
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
+BRANCH_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
+                "Case": ("branches",), "StatelessCase": ("branches",)}
 MODES = ("stack", "last")
 _VARIANT = protos.dtype_enum("DT_VARIANT")
 
@@ -57,27 +60,46 @@ def _edge_kind(node, callee):
         return "call"
     if node.op in WHILE_OPS and node.attr["body"].func.name == callee:
         return "body"
+    if callee in branch_functions(node):
+        return "branch"
     return "other"
 
 
-def allow_loop_taps(index, candidates, mode):
-    """Lets candidates inside one level of While body be tapped (in `mode`); the others
-    stay refused, with a reason that says why."""
+def branch_functions(node):
+    """The branch functions of an If/Case node, in order (none for other nodes)."""
+    names = []
+    for attr in BRANCH_ATTRS.get(node.op, ()):
+        value = node.attr[attr]
+        names += [value.func.name] if value.HasField("func") else [f.name for f in value.list.func]
+    return names
+
+
+def allow_control_flow_taps(index, candidates, mode):
+    """Lets candidates inside one If/Case branch be tapped, and with a loop `mode`, those
+    inside one level of While body; the others stay refused, saying why."""
     for candidate in candidates:
         if not candidate.blocked:
             continue
         kinds = edge_kinds(index, candidate)
-        if kinds.count("body") == 1 and "other" not in kinds:
+        inner = [kind for kind in kinds if kind != "call"]
+        if inner == ["branch"]:
+            candidate.blocked = None
+            candidate.in_branch = True
+        elif inner == ["body"] and mode:
             candidate.blocked = None
             candidate.loop = mode
-        elif kinds.count("body") > 1 and "other" not in kinds:
-            candidate.blocked = "inside a loop inside a loop, which --loop does not support"
+        elif mode and set(inner) <= {"body", "branch"} and len(inner) > 1:
+            candidate.blocked = ("inside nested control flow (a loop or branch within a loop "
+                                 "or branch), which graphtap does not tap")
 
 
-def tap_shape(mode, shape):
-    """What a loop tap of a tensor of `shape` declares: a stack of it; for `last`, an
-    unknown shape, as the value is a scalar zero until the first iteration."""
-    return stacked_shape(shape) if mode == "stack" else unknown_shape()
+def tap_shape(candidate):
+    """What a control-flow tap declares: for `stack`, a stack of the tensor's shape; for
+    `last`, an unknown shape (a scalar zero until the first iteration); for a branch, an
+    unknown shape (empty when the other branch ran)."""
+    if candidate.loop == "stack":
+        return stacked_shape(candidate.shape)
+    return unknown_shape()
 
 
 def stacked_shape(shape):
@@ -174,6 +196,45 @@ def wire_loop(nodes, function, node, new_outputs, base, mode, names):
             # Declared unknown, as in the While: before the first iteration it is a scalar.
             exposed.append((position, dtype, unknown_shape(), loop_out))
     return exposed
+
+
+def wire_branch(graph_def, bodies, node, taken, renamed, new_outputs, base):
+    """Gives If/Case `node` the outputs that its branch `taken` gained (computed by
+    `renamed`, the function the rewrite edited): every other branch is copied, returning
+    an empty tensor ([0] elements) of each new output's dtype. Returns (output index,
+    dtype, shape, ref) per new output, for the node's caller."""
+    dtypes = [dtype for _, dtype, _ in new_outputs]
+    for attr in BRANCH_ATTRS[node.op]:
+        value = node.attr[attr]
+        funcs = [value.func] if value.HasField("func") else list(value.list.func)
+        for func in funcs:
+            if func.name == taken:
+                func.name = renamed
+            else:
+                func.name = _with_empty_outputs(graph_def, bodies, func.name, dtypes)
+    node.attr["Tout"].list.type.extend(dtypes)
+    for shapes_attr in ("output_shapes", "_output_shapes"):
+        if shapes_attr in node.attr:
+            node.attr[shapes_attr].list.shape.extend(unknown_shape() for _ in dtypes)
+    return [(base + i, dtype, unknown_shape(), f"{node.name}:output:{base + i}")
+            for i, dtype in enumerate(dtypes)]
+
+
+def _with_empty_outputs(graph_def, bodies, name, dtypes):
+    """A copy of branch function `name` that also returns an empty tensor of each dtype."""
+    branch = graph_def.library.function.add()
+    branch.CopyFrom(bodies[name])
+    branch.signature.name = unique_name(f"{name}_graphtap", bodies)
+    bodies[branch.signature.name] = branch
+    names = {node.name for node in branch.node_def}
+    arg_names = fresh_names("graphtap_tap", argument_names(branch))
+    for dtype in dtypes:
+        empty = add_const(branch.node_def, "graphtap/empty", empty_tensor(dtype), names)
+        arg = branch.signature.output_arg.add()
+        arg.name = next(arg_names)
+        arg.type = dtype
+        branch.ret[arg.name] = output_ref(branch.signature.name, empty, "output")
+    return branch.signature.name
 
 
 def _data_input_count(node):

@@ -46,8 +46,8 @@ class Tap:
     @property
     def shape(self):
         """The output's static shape: the tensor's, or a loop tap's (loops.tap_shape)."""
-        if self.candidate.loop:
-            return loops.tap_shape(self.candidate.loop, self.candidate.shape)
+        if self.candidate.loop or self.candidate.in_branch:
+            return loops.tap_shape(self.candidate)
         return self.candidate.shape
 
 
@@ -165,7 +165,10 @@ class TapRewrite:
         calls_on_path = {}
         for tap in taps:
             for call in tap.candidate.calls:
-                calls_on_path[(call.caller, call.node)] = call.callee
+                if calls_on_path.setdefault((call.caller, call.node), call.callee) != call.callee:
+                    raise errors.NotTappable(
+                        f"taps in two functions run by node '{call.node}' (two branches of an "
+                        "If/Case, or a While's body and condition): tap them in two runs")
         local = collections.defaultdict(dict)
         for tap in taps:
             c = tap.candidate
@@ -323,6 +326,13 @@ class TapRewrite:
             callee_name = clones.get(callee, callee)
             if node.op in loops.WHILE_OPS:
                 outputs += self._wire_loop(function, nodes, node, callee, new_outputs, names)
+                continue
+            if node.op in loops.BRANCH_ATTRS:
+                exposed = loops.wire_branch(self.graph_def, self._bodies, node, callee,
+                                            callee_name, new_outputs[callee],
+                                            self._output_counts[callee])
+                outputs += [(("call", node_name, position), dtype, shape, ref)
+                            for position, dtype, shape, ref in exposed]
                 continue
             is_call_op = node.op in CALL_OPS
             if is_call_op:

@@ -50,6 +50,7 @@ keras_lstm_sequences = _model_fixture("keras_lstm_sequences")
 keras_gru = _model_fixture("keras_gru")
 keras_gru_sequences = _model_fixture("keras_gru_sequences")
 while_module = _model_fixture("while_module")
+branchy = _model_fixture("branchy")
 frozen_graph = _model_fixture("frozen_graph")
 
 

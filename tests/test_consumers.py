@@ -88,21 +88,9 @@ def test_loop_output_of_keras_lstm(keras_lstm, tmp_path):
         assert outputs["rnn_1_lstm_1_while_4"].shape == (3, 4)
 
 
-class Branchy(tf.Module):
-    """A tf.cond (StatelessIf) and a tf.switch_case (StatelessCase)."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
-                                  tf.TensorSpec([], tf.int32, name="k")])
-    def __call__(self, x, k):
-        chosen = tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0, name="cond")
-        cased = tf.switch_case(k, [lambda: x + 1.0, lambda: x * x, lambda: -x], name="case")
-        return {"output_0": chosen + cased}
-
-
 @pytest.mark.compat("If / Case outputs (tf.cond, tf.switch_case)")
-def test_conditional_outputs(tmp_path):
-    path, out = str(tmp_path / "model"), str(tmp_path / "tapped")
-    tf.saved_model.save(Branchy(), path)
+def test_conditional_outputs(branchy, tmp_path):
+    path, out = branchy[0], str(tmp_path / "tapped")
     report = graphtap.tap(path, out, names=["cond=chosen", "case/indexed_case=cased"])
     assert {r.op for r in report.taps} == {"StatelessIf", "StatelessCase"}
     x = np.random.default_rng(6).standard_normal((2, 4)).astype("float32")

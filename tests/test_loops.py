@@ -100,7 +100,7 @@ def test_without_loop_a_body_op_is_refused_with_the_hint(keras_lstm, tmp_path):
 
 def test_a_loop_inside_a_loop_is_refused(while_module, tmp_path):
     path, _ = while_module
-    with pytest.raises(errors.NotTappable, match="inside a loop inside a loop"):
+    with pytest.raises(errors.NotTappable, match="inside nested control flow"):
         graphtap.tap(path, str(tmp_path / "out"), names=["while/while/wave"],
                      signatures="nested", loop="stack")
     assert not (tmp_path / "out").exists()
@@ -120,3 +120,29 @@ def test_cli_loop_flag(while_module, tmp_path):
     assert "(?, ?, 3)" in done.stdout
     outputs = run_tf2(str(tmp_path / "out"), "serving_default", {"x": VECTORS})
     assert outputs["while_step"].shape == (4, 4, 3)
+
+
+def test_branch_taps_hold_the_taken_branch_or_nothing(branchy, tmp_path):
+    """An op inside an If/Case branch: its value when that branch ran, else an empty tensor."""
+    path, _ = branchy
+    out = str(tmp_path / "tapped")
+    report = graphtap.tap(path, out, names=["cond/mul=doubled", "case/indexed_case/mul=squared"])
+    assert [r.shape for r in report.taps] == [None, None]  # empty when the other branch runs
+    x = np.abs(VECTORS[:1, :3]).repeat(2, axis=1)[:, :4]
+    for sign in (1, -1):
+        for k in range(3):
+            inputs = {"x": sign * x, "k": np.int32(k)}
+            original = run_tf2(path, "serving_default", inputs)
+            for run in (run_tf2, run_tf1):
+                outputs = run(out, "serving_default", inputs)
+                assert_bit_identical(outputs, original, ["output_0"])
+                doubled = inputs["x"] * 2 if sign > 0 else np.zeros((0,), "float32")
+                squared = inputs["x"] ** 2 if k == 1 else np.zeros((0,), "float32")
+                assert_close(outputs["doubled"], doubled)
+                assert_close(outputs["squared"], squared)
+
+
+def test_taps_in_two_branches_of_one_node_are_refused(branchy, tmp_path):
+    path, _ = branchy
+    with pytest.raises(errors.NotTappable, match="two branches of an If/Case"):
+        graphtap.tap(path, str(tmp_path / "out"), names=["cond/mul", "cond/sub"])

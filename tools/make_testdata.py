@@ -118,6 +118,24 @@ class WhileModule(tf.Module):
         return {"y": out}
 
 
+class Branchy(tf.Module):
+    """A tf.cond (StatelessIf) and a tf.switch_case (StatelessCase)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                  tf.TensorSpec([], tf.int32, name="k")])
+    def __call__(self, x, k):
+        chosen = tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x - 1.0, name="cond")
+        cased = tf.switch_case(k, [lambda: x + 1.0, lambda: x * x, lambda: -x], name="case")
+        return {"output_0": chosen + cased}
+
+
+def branchy(export_dir):
+    """tf.Module with a tf.cond and a tf.switch_case, saved with tf.saved_model.save."""
+    module = Branchy()
+    tf.saved_model.save(module, export_dir)
+    return module
+
+
 def while_module(export_dir):
     """tf.Module saved with tf.saved_model.save: a While loop, and (signature `nested`) a
     While loop inside a While loop's body."""
@@ -245,6 +263,7 @@ BUILDERS = {
     "keras_gru": (keras_gru, "keras_gru"),
     "keras_gru_sequences": (keras_gru_sequences, "keras_gru_sequences"),
     "while_module": (while_module, "while_module"),
+    "branchy": (branchy, "branchy"),
 }
 
 
