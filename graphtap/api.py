@@ -6,7 +6,7 @@ import gc
 import json
 import os
 
-from graphtap import check, errors, io, loops, profiling, protos
+from graphtap import check, control_flow, errors, io, profiling, protos
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of
 from graphtap.keys import assign_keys
@@ -101,7 +101,7 @@ def _tap(
 ):
     if mode not in ("extend", "add"):
         raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
-    if loop not in (None, *loops.MODES):
+    if loop not in (None, *control_flow.MODES):
         raise errors.GraphtapError(f"loop must be 'stack' or 'last', not '{loop}'")
     name_selectors = parse_name_selectors(names)
     ops = [ops] if isinstance(ops, str) else list(ops or ())
@@ -140,7 +140,7 @@ def _tap(
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
-            loops.allow_control_flow_taps(index, candidates, loop)
+            control_flow.allow_control_flow_taps(index, candidates, loop)
             picked = layer_map.select(candidates, layers) if layers else []
             names_left = name_selectors
             if traces:

@@ -40,7 +40,7 @@ class Candidate:
     tapped_by: str = None  # graphtap Identity already reading it
     layer: str = None  # the Keras layer it belongs to, where asked (layers.LayerMap)
     layer_output: bool = False  # whether it is that layer's output
-    loop: str = None  # inside a While body: how it is tapped (loops.MODES), once allowed
+    loop: str = None  # inside a While body: how it is tapped (control_flow.MODES)
     in_branch: bool = False  # inside an If/Case branch, and allowed
 
     @property

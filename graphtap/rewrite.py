@@ -20,7 +20,7 @@ import dataclasses
 
 from google.protobuf import message
 
-from graphtap import errors, loops
+from graphtap import control_flow, errors
 from graphtap.index import (
     TAP_PREFIX,
     argument_names,
@@ -45,9 +45,9 @@ class Tap:
 
     @property
     def shape(self):
-        """The output's static shape: the tensor's, or a loop tap's (loops.tap_shape)."""
+        """The output's static shape: the tensor's, or a loop tap's (control_flow.tap_shape)."""
         if self.candidate.loop or self.candidate.in_branch:
-            return loops.tap_shape(self.candidate)
+            return control_flow.tap_shape(self.candidate)
         return self.candidate.shape
 
 
@@ -157,7 +157,7 @@ class TapRewrite:
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
         self.edited_in_place = set()  # functions whose own body `apply` changed
         self.origins = {}  # {clone: the function it copies}
-        self.loop = loop  # loops.MODES: how taps inside While bodies come out
+        self.loop = loop  # control_flow.MODES: how taps inside While bodies come out
         self._loop_bodies = set()
 
     def apply(self, taps):
@@ -179,7 +179,7 @@ class TapRewrite:
             self._calls_by_caller[caller].append((node_name, callee))
         self._loop_bodies = {
             callee for (caller, node_name), callee in calls_on_path.items()
-            if self._node(caller, node_name).op in loops.WHILE_OPS
+            if self._node(caller, node_name).op in control_flow.WHILE_OPS
             and self._node(caller, node_name).attr["body"].func.name == callee
         }
         clones = self._plan_clones(calls_on_path, taps)
@@ -324,11 +324,11 @@ class TapRewrite:
         for position, callee in calls_here:
             node, node_name = nodes[position], indexed.names[position]
             callee_name = clones.get(callee, callee)
-            if node.op in loops.WHILE_OPS:
+            if node.op in control_flow.WHILE_OPS:
                 outputs += self._wire_loop(function, nodes, node, callee, new_outputs, names)
                 continue
-            if node.op in loops.BRANCH_ATTRS:
-                exposed = loops.wire_branch(self.graph_def, self._bodies, node, callee,
+            if node.op in control_flow.BRANCH_ATTRS:
+                exposed = control_flow.wire_branch(self.graph_def, self._bodies, node, callee,
                                             callee_name, new_outputs[callee],
                                             self._output_counts[callee])
                 outputs += [(("call", node_name, position), dtype, shape, ref)
@@ -349,7 +349,7 @@ class TapRewrite:
         if function is not None:
             outputs = self._with_refs(outputs, clones, calls_on_path, function)
             if function in self._loop_bodies:
-                loops.add_body_outputs(body, outputs, self.loop, names)
+                control_flow.add_body_outputs(body, outputs, self.loop, names)
             else:
                 self._add_function_outputs(body, outputs)
         return [(source, dtype, shape) for source, dtype, shape, _ in outputs], identities
@@ -358,14 +358,14 @@ class TapRewrite:
         """Gives While `node` the loop variables that bring its body's new outputs out,
         pointing it at the (copied) body and at a copy of its condition that takes them."""
         node.attr["body"].func.name = self._renamed(body)
-        exposed = loops.wire_loop(nodes, function, node, new_outputs[body],
+        exposed = control_flow.wire_loop(nodes, function, node, new_outputs[body],
                                   self._output_counts[body], self.loop, names)
         cond = self.graph_def.library.function.add()
         cond.CopyFrom(self._bodies[node.attr["cond"].func.name])
         cond.signature.name = unique_name(f"{node.attr['cond'].func.name}_graphtap", self._bodies)
         self._bodies[cond.signature.name] = cond
         carried = list(node.attr["T"].list.type)[len(cond.signature.input_arg):]
-        loops.add_cond_inputs(cond, carried)
+        control_flow.add_cond_inputs(cond, carried)
         node.attr["cond"].func.name = cond.signature.name
         return [(("call", node.name, position), dtype, shape, ref)
                 for position, dtype, shape, ref in exposed]

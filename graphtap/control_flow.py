@@ -1,4 +1,5 @@
-"""Taps inside `While` loop bodies: every iteration's value, or the last one.
+"""Taps inside control flow: `While` loop bodies (every iteration's value, or the last
+one) and `If`/`Case` branches.
 
 An op in a loop body runs once per iteration, so its value cannot simply leave the body.
 As TensorFlow's own gradient code does for intermediates, the loop gets one more loop
@@ -16,7 +17,10 @@ The loop's existing variables keep their positions; the new ones come after them
 While node's inputs, outputs, `T` and `output_shapes`, in the body's inputs and outputs,
 and in the inputs of a copy of the condition (which ignores them). What comes out after
 the loop is then an ordinary tensor of the loop's caller, exposed like any other tap.
-Loops inside loops, and loops inside `If`/`Case` branches, are refused.
+
+An op in an If/Case branch runs only when its branch is taken: the node gets one more
+output, which the branch returns, and every other branch (copied) returns an empty tensor
+of the same dtype in its place. Nested control flow is refused.
 """
 
 from graphtap import protos
