@@ -229,6 +229,7 @@ def _list_targets(input_path, signatures, tag_set):
     found = []
     for key in _signature_keys(meta_graph, signatures, model.path):
         found += _candidates(index, meta_graph, objects, key)
+    control_flow.allow_control_flow_taps(index, found, None)  # what taps without --loop
     return _with_layers(found, LayerMap(index, _variable_names(meta_graph)))
 
 

@@ -54,8 +54,8 @@ def edge_kinds(index, candidate):
         body = index.body(call.caller)
         node = body.nodes[body.position[call.node]]
         kind = _edge_kind(node, call.callee)
-        # A loop in the outer graph (a frozen GraphDef's) has no function to plumb out of.
-        kinds.append("other" if kind == "body" and call.caller is None else kind)
+        # Control flow in the outer graph (a frozen GraphDef's) is not rewritten.
+        kinds.append("other" if kind != "call" and call.caller is None else kind)
     return kinds
 
 

@@ -7,7 +7,8 @@ functions that `model.export` and `tf.saved_model.save` write (Keras 3.15), ever
 carries TensorFlow's uniqueness suffix (`_1`; `_2` for a layer's second call). The layer's
 name is the second path component without that suffix. Whether the suffix is there is
 checked against the model's variables, whose names start with the layer's own name
-(`dense/kernel`); a model whose scopes carry none is read as it is.
+(`dense/kernel`); a model whose scopes carry none is read as it is, and a model whose
+scopes name none of its variables' layers has no Keras layers.
 
 A layer's output is the node of its scope whose value leaves the scope: a node outside
 the scope reads it, or the function returns it (variable reads and constants aside).
@@ -28,13 +29,13 @@ class LayerMap:
 
     def __init__(self, index, variable_names=()):
         self.index = index
-        self._strip = _scopes_carry_suffix(index, variable_names)
+        self._strip, self.found = _read_scopes(index, variable_names)
         self._outputs = {}  # function -> {(node, output ref)} leaving their layer's scope
 
     def layer_of(self, candidate):
         """The layer the candidate's node belongs to, or None."""
         parts = candidate.node.split("/")
-        if len(parts) < 3:
+        if not self.found or len(parts) < 3:
             return None
         return _SUFFIX.sub("", parts[1]) if self._strip else parts[1]
 
@@ -117,12 +118,11 @@ def _canonical(ref, function):
     return ref
 
 
-def _scopes_carry_suffix(index, variable_names):
-    """Whether layer scopes carry TensorFlow's `_N` suffix, judged by the layers that
-    have variables; True when no variable settles it (what Keras 3 exports show)."""
+def _read_scopes(index, variable_names):
+    """(whether layer scopes carry TensorFlow's `_N` suffix, whether there are Keras layer
+    scopes at all), judged by the layers that have variables: the second components of
+    node names must name some of them, with or without the suffix."""
     layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
-    if not layers_with_variables:
-        return True
     scopes = set()
     for function in index.functions:
         for name in index.body(function).names:
@@ -131,4 +131,4 @@ def _scopes_carry_suffix(index, variable_names):
                 scopes.add(parts[1])
     exact = len(layers_with_variables & scopes)
     suffixed = len(layers_with_variables & {_SUFFIX.sub("", scope) for scope in scopes})
-    return suffixed > exact
+    return suffixed >= exact, max(exact, suffixed) > 0

@@ -92,3 +92,11 @@ def test_unknown_layer_error_lists_the_layers(keras_cnn, tmp_path):
     assert "no Keras layer 'densse'" in message and path in message
     assert "add, bn, conv, conv_res, dense, pool, probs, relu" in message
     assert not (tmp_path / "tapped").exists()
+
+
+def test_a_model_without_keras_layers_has_none(branchy, tmp_path):
+    """tf.cond's `cond/mul/y` has three name components but no Keras layer scope."""
+    path, _ = branchy
+    assert not any(c.layer for c in graphtap.list_targets(path))
+    with pytest.raises(errors.NoMatch, match=r"the layers are: none \(no Keras layer scopes"):
+        graphtap.tap(path, str(tmp_path / "out"), layers=["mul"])
