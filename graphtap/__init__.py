@@ -12,7 +12,8 @@ from graphtap.errors import GraphtapError
 from graphtap.hook import export
 from graphtap.verification import Verification, verify
 
-__all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapRecord", "Verification", "activations",
+__all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapRecord", "Verification",
+           "activations",
            "dump", "export", "list_targets", "profile", "profile_times", "tap", "verify"]
 __version__ = "0.1.0"
 

@@ -8,7 +8,7 @@ import os
 
 from graphtap import check, control_flow, errors, io, profiling, protos
 from graphtap.fusion import fusion_warnings
-from graphtap.index import GraphIndex, node_of
+from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys
 from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
@@ -360,7 +360,7 @@ def _record(tap, source_signature):
         output=c.output,
         op=c.op,
         dtype=protos.dtype_name(c.dtype),
-        shape=None if tap.shape is None or tap.shape.unknown_rank else [d.size for d in tap.shape.dim],
+        shape=shape_dims(tap.shape),
         tensor=tap.tensor,
         call_path=[call.node for call in c.calls],
         loop=c.loop,

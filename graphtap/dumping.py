@@ -112,7 +112,8 @@ class _Runner:
         self.model_dir = model_dir
 
     def run(self, batch):
-        feed = {name: self.tf.constant(self._conform(name, values)) for name, values in batch.items()}
+        feed = {name: self.tf.constant(self._conform(name, values))
+                for name, values in batch.items()}
         missing = sorted(set(self.specs) - set(feed))
         if missing:
             raise BadInput(f"no data for input(s) {', '.join(missing)} of signature "
@@ -251,7 +252,8 @@ def _slices(arrays, batch_size):
                        + ", ".join(f"{name} has {n}" for name, n in sorted(counts.items())))
     total = next(iter(counts.values()), 0)
     for start in range(0, total, batch_size):
-        yield {name: np.asarray(values[start:start + batch_size]) for name, values in arrays.items()}
+        yield {name: np.asarray(values[start:start + batch_size])
+               for name, values in arrays.items()}
 
 
 def _example_count(data, max_examples):

@@ -50,15 +50,18 @@ class Candidate:
 
     @property
     def dims(self):
-        """Static shape as a list, -1 for unknown dimensions; None for unknown rank."""
-        if self.shape is None or self.shape.unknown_rank:
-            return None
-        return [dim.size for dim in self.shape.dim]
+        """Static shape as a list (see shape_dims)."""
+        return shape_dims(self.shape)
 
     @property
     def tensor_key(self):
         """Identifies the tensor in its body, the same for every call path to it."""
         return (self.function, self.node, self.output)
+
+
+def shape_dims(shape):
+    """A TensorShapeProto as a list, -1 for unknown dimensions; None for unknown rank."""
+    return None if shape is None or shape.unknown_rank else [dim.size for dim in shape.dim]
 
 
 def node_of(tensor_ref):

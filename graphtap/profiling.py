@@ -148,7 +148,8 @@ def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_s
         elif spec.dtype.is_integer:
             feed[name] = rng.integers(0, 2, shape).astype(dtype)
         else:
-            raise errors.GraphtapError(f"input '{name}' is {spec.dtype.name}: give it with --inputs")
+            raise errors.GraphtapError(
+                f"input '{name}' is {spec.dtype.name}: give it with --inputs", model_dir)
     unknown = sorted(set(inputs or ()) - set(runner.specs))
     if unknown:
         raise errors.GraphtapError(f"signature '{runner.signature_key}' has no input(s) "

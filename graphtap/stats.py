@@ -37,7 +37,7 @@ class RunningStats:
             values = values.astype(np.float64)
         self.count += values.size
         self.zeros += int(np.count_nonzero(values == 0))
-        if np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.complexfloating):
+        if np.issubdtype(values.dtype, np.inexact):  # floating or complex: may be NaN or Inf
             finite_mask = np.isfinite(values)
             self.nans += int(np.count_nonzero(np.isnan(values)))
             self.infs += int(np.count_nonzero(np.isinf(values)))

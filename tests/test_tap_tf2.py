@@ -189,7 +189,7 @@ def test_mobilenet_v2_every_relu6(mobilenet_v2, tmp_path):
 
 
 def _nested_reference(module, x):
-    w1, w2 = module.w1.numpy(), module.w2.numpy()
+    w1 = module.w1.numpy()
     first = np.maximum(x @ w1, 0)
     second = np.maximum((x * 2) @ w1, 0)
     return first, second, first + second

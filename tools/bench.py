@@ -199,8 +199,8 @@ def main(_):
     for name in FLAGS.models:
         runs, taps, ops = in_process(name)
         pb = os.path.getsize(os.path.join(model_dir(name), "saved_model.pb")) / 2**20
-        results[name] = dict(runs=runs, taps=taps, ops=ops, pb=pb, nodes=node_count(model_dir(name)),
-                             rss=tap_process_rss(name, ops))
+        results[name] = dict(runs=runs, taps=taps, ops=ops, pb=pb,
+                             nodes=node_count(model_dir(name)), rss=tap_process_rss(name, ops))
     cli = [sys.executable, "-m", "graphtap", "tap", f"--input={model_dir(FLAGS.cli_model)}",
            f"--output={os.path.join(FLAGS.workdir, 'out_cli')}", "--tap_op=Relu", "--overwrite"]
     cli_runs, import_runs = [], []
@@ -239,7 +239,8 @@ def main(_):
 
     rows = [[name, f"{r['rss']:.0f} MiB", f"{4 * r['pb'] + import_rss:.0f} MiB"]
             for name, r in results.items()]
-    print(f"peak RSS of a process tapping every activation (import tensorflow: {import_rss:.0f} MiB)")
+    print("peak RSS of a process tapping every activation "
+          f"(import tensorflow: {import_rss:.0f} MiB)")
     print_table(("model", "tap process", "4 x saved_model.pb + import tensorflow"), rows)
 
     print(f"whole process, {FLAGS.cli_model}, `graphtap tap --tap_op=Relu`: "

@@ -68,9 +68,8 @@ def build(export_dir, nodes, fanout=10, seed=0):
         for m in range(fanout)
     ]
     model = _Chain(middles)
-    signature = tf.function(
-        lambda x: {"y": model.call(x)}, input_signature=[tf.TensorSpec([None, WIDTH], tf.float32, "x")]
-    )
+    spec = tf.TensorSpec([None, WIDTH], tf.float32, "x")
+    signature = tf.function(lambda x: {"y": model.call(x)}, input_signature=[spec])
     tf.saved_model.save(model, export_dir, signatures={"serving_default": signature})
     return blocks * leaves
 
