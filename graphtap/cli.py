@@ -177,7 +177,7 @@ def _dump():
     stats = graphtap.dump(FLAGS.model, data, FLAGS.out, signature=signature,
                           batch_size=FLAGS.batch_size, max_examples=FLAGS.max_examples,
                           save=FLAGS.save, tensorboard=FLAGS.tensorboard,
-                          overwrite=FLAGS.overwrite)
+                          overwrite=FLAGS.overwrite, tag_set=FLAGS.tag_set)
     rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])

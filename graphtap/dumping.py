@@ -29,21 +29,23 @@ class BadInput(errors.GraphtapError):
     """Data that the signature cannot take: unknown name, wrong dtype or shape, unreadable."""
 
 
-def activations(model_dir, data, signature=None, batch_size=64, max_examples=None):
+def activations(model_dir, data, signature=None, batch_size=64, max_examples=None,
+                tag_set="serve"):
     """Yields {output key: np.ndarray} for each batch of `data` run through a signature.
 
     data: {input name: array} (numpy arrays, or graphtap.NpyFile to read a .npy a batch
       at a time), batched here; a graphtap.TFRecord; or an iterable of such dicts, each
       already a batch (a batched tf.data.Dataset of dicts, for one).
     signature: its key; default `serving_default`, or the only one.
+    tag_set: tags of the meta graph to load, comma-separated.
     """
-    runner = _Runner(model_dir, signature)
+    runner = _Runner(model_dir, signature, tag_set)
     for batch in _batches(data, batch_size, max_examples, runner.specs):
         yield runner.run(batch)
 
 
 def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=None,
-         save="stats", tensorboard=None, overwrite=False, progress=True):
+         save="stats", tensorboard=None, overwrite=False, progress=True, tag_set="serve"):
     """Runs a signature over `data` (as `activations` takes it) and writes to `out_dir`:
     `stats.json` always, and with save="npz" one `KEY.npz` per output key holding the
     array `KEY` (every example, in order; `KEY-00000.npz`, ... beyond 1 GiB). With
@@ -54,7 +56,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     """
     if save not in ("stats", "npz"):
         raise errors.GraphtapError(f"save must be 'stats' or 'npz', not '{save}'")
-    runner = _Runner(model_dir, signature)
+    runner = _Runner(model_dir, signature, tag_set)
     with io.staged_directory(out_dir, overwrite) as staging:
         stats = {}
         streams = {}
@@ -89,12 +91,17 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
 class _Runner:
     """A loaded signature, and the checks that make bad data one clear error."""
 
-    def __init__(self, model_dir, signature):
+    def __init__(self, model_dir, signature, tag_set="serve"):
         import tensorflow as tf
 
         self.tf = tf
         io.read(model_dir)  # the same errors as every command for a missing or broken model
-        loaded = tf.saved_model.load(model_dir)
+        tags = [tag for tag in tag_set.split(",") if tag]
+        try:
+            loaded = tf.saved_model.load(model_dir, tags=tags)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            message = (str(error).strip() or type(error).__name__).splitlines()[0]
+            raise errors.CorruptModel(f"tf.saved_model.load failed: {message}", model_dir) from None
         available = sorted(k for k in loaded.signatures.keys() if k != INIT_OP_SIGNATURE)
         if signature is None:
             if DEFAULT_SIGNATURE in available or len(available) != 1:

@@ -227,3 +227,17 @@ def test_values_beyond_the_shard_size_go_to_numbered_shards(tapped_cnn, direct, 
             parts.append(archive["output_0"])
     assert [len(p) for p in parts] == [10, 10, 10, 7]
     np.testing.assert_allclose(np.concatenate(parts), direct["output_0"], rtol=1e-5, atol=1e-7)
+
+
+def test_tf1_builder_model_with_two_meta_graphs(tf1_builder, tmp_path):
+    from loaders import run_tf1
+
+    path, _ = tf1_builder
+    x = np.random.default_rng(5).standard_normal((10, 5)).astype("float32")
+    stats = graphtap.dump(path, {"x": x}, str(tmp_path / "acts"), batch_size=4, progress=False)
+    expected = run_tf1(path, "serving_default", {"x": x})
+    for key, values in expected.items():
+        assert stats[key]["count"] == values.size
+        np.testing.assert_allclose(stats[key]["mean"], values.astype(np.float64).mean(), rtol=1e-6)
+    with pytest.raises(errors.CorruptModel, match="tags 'nope' could not be found"):
+        graphtap.dump(path, {"x": x}, str(tmp_path / "other"), tag_set="nope")
