@@ -299,6 +299,12 @@ def _main_with_errors(argv):
         where = f" ({error.filename})" if error.filename else ""
         print(f"graphtap: error: {error.strerror or error}{where}", file=sys.stderr)
         sys.exit(2)
+    except Exception as error:  # a graphtap bug: one line, unless asked for the traceback
+        if FLAGS["verbosity"].present:
+            raise
+        print(f"graphtap: internal error: {type(error).__name__}: {error} (a graphtap bug, "
+              "please report; --verbosity=1 shows the traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 def run():

@@ -214,3 +214,23 @@ def test_list_filter_json_and_tap_exclude(keras_lstm, tmp_path):
     result = graphtap_cli("tap", f"--input={path}", f"--output={out}2", "--tap_op=Sigmoid",
                           "--exclude=.*")
     assert result.returncode == 2 and "every selected tensor is excluded" in result.stderr
+
+
+def test_an_internal_error_is_one_line_unless_verbose(keras_cnn, tmp_path):
+    """A bug (simulated: the index fails) is reported in one line; --verbosity shows it all."""
+    path, _ = keras_cnn
+    code = ("import sys, graphtap.index as index, graphtap.cli as cli\n"
+            "def broken(*args, **kwargs): raise KeyError('simulated')\n"
+            "index.GraphIndex.candidates_from = broken\n"
+            "sys.argv = ['graphtap', *sys.argv[1:]]\ncli.run()\n")
+    args = ["tap", f"--input={path}", f"--output={tmp_path / 'out'}", "--tap_op=Relu"]
+    quiet = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                           env=child_env(), timeout=120)
+    assert quiet.returncode == 2
+    assert quiet.stderr.strip().splitlines() == [
+        "graphtap: internal error: KeyError: 'simulated' (a graphtap bug, please report; "
+        "--verbosity=1 shows the traceback)"]
+    verbose = subprocess.run([sys.executable, "-c", code, *args, "--verbosity=1"],
+                             capture_output=True, text=True, env=child_env(), timeout=120)
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+    assert not (tmp_path / "out").exists()
