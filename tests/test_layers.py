@@ -100,3 +100,26 @@ def test_a_model_without_keras_layers_has_none(branchy, tmp_path):
     assert not any(c.layer for c in graphtap.list_targets(path))
     with pytest.raises(errors.NoMatch, match=r"the layers are: none \(no Keras layer scopes"):
         graphtap.tap(path, str(tmp_path / "out"), layers=["mul"])
+
+
+def test_keras_model_saved_with_tf_saved_model_save(tmp_path):
+    """Keras 3 models saved by tf.saved_model.save (not model.export) name scopes alike."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,), name="x")
+    hidden = keras.layers.Dense(5, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(hidden), name="mlp")
+    path, out = str(tmp_path / "model"), str(tmp_path / "tapped")
+    tf.saved_model.save(model, path)
+    graphtap.tap(path, out, layers=["hidden", "logits"])
+    x = RNG.standard_normal((4, 6)).astype("float32")
+    reference = submodel_outputs(model, ["hidden", "logits"], x)
+    # TF2 path only: a TF1 Session cannot restore this model's variables even untapped
+    # (FailedPrecondition "Could not find variable logits/bias", tensorflow 2.21).
+    original = run_tf2(path, "serving_default", {_input_name(path): x})
+    outputs = run_tf2(out, "serving_default", {_input_name(path): x})
+    assert_bit_identical(outputs, original, list(original))
+    assert_close(outputs["hidden"], reference["hidden"])
+    assert_close(outputs["logits"], reference["logits"])
