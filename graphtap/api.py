@@ -6,7 +6,7 @@ import gc
 import json
 import os
 
-from graphtap import check, control_flow, errors, io, profiling, protos
+from graphtap import check, control_flow, errors, io, profiling, protos, wire
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys
@@ -117,10 +117,13 @@ def _tap(
         return _tap_graph_def(model, output_path, selectors, overwrite)
     traces = profiling.trace_files(profile) if profile else None
 
-    meta_graph = _meta_graph(model, tag_set)
+    meta_graph_position = _meta_graph_position(model, tag_set)
+    meta_graph = model.proto.meta_graphs[meta_graph_position]
+    layout = model.data and wire.layout(model.data, meta_graph_position,
+                                        len(model.proto.meta_graphs))
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
-    index = _index(meta_graph)
+    index = _index(meta_graph, layout)
     check.check_input(meta_graph, objects, keys, model.path, index)
     sources = {key: key for key in keys}
     if mode == "add":
@@ -163,7 +166,10 @@ def _tap(
                        set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
-    io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite)
+    edits = wire.Edits(functions=frozenset(rewrite.edited_in_place),
+                       nodes=frozenset(rewrite.edited_nodes))
+    io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite,
+                         layout, edits)
     return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))),
                   tuple(warnings))
 
@@ -252,8 +258,14 @@ def _objects(meta_graph):
     return None
 
 
-def _index(meta_graph):
-    return GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
+def _index(meta_graph, layout=None):
+    """The GraphIndex of a meta graph; with its wire.Layout, one that reads less."""
+    serialized = None
+    if layout is not None:
+        view = memoryview(layout.data)
+        serialized = [view[start:end] for start, end in layout.function_spans()]
+    return GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op,
+                      serialized)
 
 
 def _fresh(selected, already):
@@ -317,12 +329,17 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
 
 
 def _meta_graph(model, tag_set):
+    return model.proto.meta_graphs[_meta_graph_position(model, tag_set)]
+
+
+def _meta_graph_position(model, tag_set):
+    """Which meta graph of the SavedModel has exactly the tags `tag_set`."""
     wanted = set(tag_set.split(",")) if isinstance(tag_set, str) else set(tag_set)
     wanted.discard("")
     found = [list(mg.meta_info_def.tags) for mg in model.proto.meta_graphs]
-    for meta_graph, tags in zip(model.proto.meta_graphs, found):
+    for position, tags in enumerate(found):
         if set(tags) == wanted:
-            return meta_graph
+            return position
     raise errors.UnknownSignature(
         f"no meta graph with tags {','.join(sorted(wanted))}; it has "
         + "; ".join(",".join(tags) for tags in found),

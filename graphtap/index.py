@@ -9,6 +9,7 @@ with `arg` the OpDef's output-arg name; function inputs are bare arg names.
 import collections
 import dataclasses
 import functools
+import re
 
 from graphtap import errors, protos
 from graphtap.opdefs import CALL_OPS, OpRegistry
@@ -169,11 +170,16 @@ class _Body:
 class GraphIndex:
     """The outer graph and function library of one meta graph or GraphDef."""
 
-    def __init__(self, graph_def, stripped_op_list=()):
+    def __init__(self, graph_def, stripped_op_list=(), serialized_functions=None):
+        """serialized_functions: the bytes of each function as read, in library order;
+        with them, `references` skips the bodies whose bytes do not mention a name."""
         self.graph_def = graph_def
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self._bodies = {}
+        self._serialized = None
+        if serialized_functions is not None and len(serialized_functions) == len(self.functions):
+            self._serialized = dict(zip(self.functions, serialized_functions))
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -196,12 +202,25 @@ class GraphIndex:
         """{function: [(body, node name)]}: every node that refers to a named function,
         by calling it or through an attr; body None is the outer graph."""
         references = {name: [] for name in names}
+        mentioning = self._mentioning(references)
         for function in (None, *self.functions):
+            if function is not None and function not in mentioning:
+                continue
             body = self.body(function)
             for i, refs in body.references.items():
                 for target in {name for _, name, _ in refs} & references.keys():
                     references[target].append((function, body.nodes[i].name))
         return references
+
+    def _mentioning(self, names):
+        """The functions whose serialized bytes mention one of `names` (a function cannot
+        refer to a name without holding its bytes); every function, without the bytes."""
+        if self._serialized is None:
+            return self.functions
+        if not names:
+            return set()
+        pattern = re.compile(b"|".join(re.escape(name.encode()) for name in names))
+        return {name for name, data in self._serialized.items() if pattern.search(data)}
 
     def candidates_from(self, root_nodes, outer_tensors=True, keep=None):
         """Every tensor computed to produce `root_nodes` (outer-graph node names).

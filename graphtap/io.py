@@ -13,13 +13,15 @@ import tempfile
 
 from google.protobuf import message, text_format
 
-from graphtap import errors, protos
+from graphtap import errors, protos, wire
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 FINGERPRINT_PB = "fingerprint.pb"
 VARIABLES_INDEX = os.path.join("variables", "variables.index")
 TEXT_SUFFIXES = (".pbtxt", ".txt")
+# Set to 1, every spliced write is checked against the whole rewritten message (tests do).
+VERIFY_SPLICE_ENV = "GRAPHTAP_VERIFY_SPLICE"
 
 
 @dataclasses.dataclass
@@ -29,6 +31,7 @@ class Model:
     path: str
     proto: object  # protos.SavedModel or protos.GraphDef
     is_saved_model: bool
+    data: bytes = None  # the binary protobuf `proto` was parsed from (not kept for text)
 
 
 def read(path):
@@ -36,10 +39,10 @@ def read(path):
     if not os.path.lexists(path):
         raise errors.InputNotFound("no such file or directory", path)
     if os.path.isdir(path):
-        return Model(path, _read_saved_model(path), True)
+        return _read_saved_model(path)
     if os.path.basename(path) in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT):
-        return Model(os.path.dirname(path) or ".", _read_saved_model(os.path.dirname(path)), True)
-    graph_def = _parse(path, protos.GraphDef, text=path.endswith(TEXT_SUFFIXES))
+        return _read_saved_model(os.path.dirname(path) or ".")
+    graph_def, _ = _parse(path, protos.GraphDef, text=path.endswith(TEXT_SUFFIXES))
     if not graph_def.node:
         raise errors.NotAModel("not a SavedModel directory nor a GraphDef with nodes", path)
     return Model(path, graph_def, False)
@@ -49,14 +52,14 @@ def _read_saved_model(directory):
     for name, text in ((SAVED_MODEL_PB, False), (SAVED_MODEL_PBTXT, True)):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            saved_model = _parse(path, protos.SavedModel, text)
+            saved_model, data = _parse(path, protos.SavedModel, text)
             if not saved_model.meta_graphs:
                 raise errors.CorruptModel("SavedModel has no meta graph", path)
             if _has_variables(saved_model) and not os.path.isfile(
                     os.path.join(directory, VARIABLES_INDEX)):
                 raise errors.CorruptModel(f"model has variables but no {VARIABLES_INDEX}",
                                           directory)
-            return saved_model
+            return Model(directory, saved_model, True, None if text else data)
     raise errors.NotAModel(f"directory has no {SAVED_MODEL_PB}", directory)
 
 
@@ -74,6 +77,7 @@ _VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 
 
 def _parse(path, message_class, text):
+    """(the message, the file's bytes)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -81,8 +85,8 @@ def _parse(path, message_class, text):
         raise errors.NotAModel(f"cannot read: {error.strerror}", path) from None
     try:
         if text:
-            return text_format.Parse(data.decode("utf-8"), message_class())
-        return message_class.FromString(data)
+            return text_format.Parse(data.decode("utf-8"), message_class()), data
+        return message_class.FromString(data), data
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
         kind = message_class.DESCRIPTOR.name
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
@@ -100,12 +104,18 @@ def check_output(input_path, output_path, overwrite):
         raise errors.OutputExists("output exists; pass --overwrite to replace it", output_path)
 
 
-def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite):
+def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite,
+                      layout=None, edits=None):
     """Writes `saved_model` with the input's other files (variables, assets: hard-linked
     where the filesystem allows) and `extra_files` ({relative path: bytes}).
 
+    layout, edits: the wire.Layout of the bytes `saved_model` was parsed from, and a
+      wire.Edits of what has changed since; the unchanged parts are then copied from
+      those bytes, not serialized again.
+
     `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
     """
+    chunks = _saved_model_chunks(saved_model, layout, edits)
     check_output(input_dir, output_dir, overwrite)
     with staged_directory(output_dir, overwrite) as staging:
         skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
@@ -117,13 +127,28 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
                 shutil.copytree(source, target, copy_function=_link_or_copy)
             else:
                 _link_or_copy(source, target)
-        _write_file(os.path.join(staging, SAVED_MODEL_PB), _serialize(saved_model))
+        _write_file(os.path.join(staging, SAVED_MODEL_PB), *chunks)
         for relative, data in extra_files.items():
             path = os.path.join(staging, relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             if os.path.exists(path):
                 os.unlink(path)  # may be a hard link to the input's file
             _write_file(path, data)
+
+
+def _saved_model_chunks(saved_model, layout, edits):
+    """The bytes of `saved_model`, in chunks (wire.splice_saved_model)."""
+    chunks = None
+    if layout is not None and edits is not None:
+        chunks = wire.splice_saved_model(layout, saved_model, edits)
+    if chunks is None:
+        return [_serialize(saved_model)]
+    if os.environ.get(VERIFY_SPLICE_ENV) == "1":
+        if protos.SavedModel.FromString(b"".join(chunks)) != saved_model:
+            raise errors.GraphtapError(
+                "graphtap bug, please report: the spliced saved_model.pb differs from the "
+                "rewritten model")
+    return chunks
 
 
 @contextlib.contextmanager
@@ -205,9 +230,9 @@ def _serialize(proto):
     return proto.SerializeToString(deterministic=True)
 
 
-def _write_file(path, data):
+def _write_file(path, *chunks):
     with open(path, "wb") as f:
-        f.write(data)
+        f.writelines(chunks)
         f.flush()
         os.fsync(f.fileno())
 

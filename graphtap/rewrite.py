@@ -156,6 +156,7 @@ class TapRewrite:
         # Output counts before the rewrite, which appends to functions edited in place.
         self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
         self.edited_in_place = set()  # functions whose own body `apply` changed
+        self.edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
         self.origins = {}  # {clone: the function it copies}
         self.loop = loop  # control_flow.MODES: how taps inside While bodies come out
         self._loop_bodies = set()
@@ -323,6 +324,8 @@ class TapRewrite:
         unknown = unknown_shape()
         for position, callee in calls_here:
             node, node_name = nodes[position], indexed.names[position]
+            if function is None:
+                self.edited_nodes.add(position)
             callee_name = clones.get(callee, callee)
             if node.op in control_flow.WHILE_OPS:
                 outputs += self._wire_loop(function, nodes, node, callee, new_outputs, names)
@@ -434,13 +437,15 @@ class TapRewrite:
             return
         new_position = {old: new for new, old in enumerate(order)}
         _permute(wrapper.signature.output_arg, order)
-        for node in self.graph_def.node:
+        for position, node in enumerate(self.graph_def.node):
             if node.name == call_name:
+                self.edited_nodes.add(position)
                 _permute(node.attr["Tout"].list.type, order)
                 if "_output_shapes" in node.attr:
                     _permute(node.attr["_output_shapes"].list.shape, order)
             for i, ref in enumerate(node.input):
                 if node_of(ref) == call_name and not ref.startswith("^"):
+                    self.edited_nodes.add(position)
                     old = int(ref.split(":")[1]) if ":" in ref else 0
                     node.input[i] = f"{call_name}:{new_position[old]}"
         for signature in self.signature_defs.values():

@@ -6,6 +6,9 @@ import os
 import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Every tap in the suite, in process or in a child, checks its spliced saved_model.pb
+# against the whole rewritten message (graphtap/wire.py).
+os.environ["GRAPHTAP_VERIFY_SPLICE"] = "1"
 
 import pytest  # noqa: E402
 

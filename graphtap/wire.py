@@ -1,0 +1,250 @@
+"""Just enough of protobuf's wire format to write a rewritten SavedModel by copying the
+input's bytes for every part the rewrite left alone.
+
+Serializing a SavedModel costs about as much as parsing it, while a tap edits a few of
+its functions and outer-graph nodes. `splice_saved_model` re-serializes those (and the
+small parts of the tapped meta graph) and copies every other function, node and meta
+graph from the input. Records stay in the input's order, so when the input was written
+deterministically (as TensorFlow writes it) the result is byte for byte what
+`SerializeToString(deterministic=True)` of the edited message gives.
+"""
+
+import dataclasses
+
+from graphtap import protos
+
+_LENGTH_DELIMITED = 2
+
+# Field numbers, from tensorflow/core/protobuf/{saved_model,meta_graph}.proto and
+# tensorflow/core/framework/{graph,function}.proto.
+_SAVED_MODEL_META_GRAPHS = 2
+_META_GRAPH_GRAPH_DEF = 2
+_GRAPH_NODE = 1
+_GRAPH_LIBRARY = 2
+_LIBRARY_FUNCTION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Edits:
+    """What a rewrite changed in one meta graph, beyond its small parts (signatures,
+    object graph, ...), which are always re-serialized.
+
+    functions: names of the input's functions whose FunctionDef changed.
+    nodes: positions of the input's outer-graph nodes that changed.
+    Functions and nodes the rewrite appended are always serialized.
+    """
+
+    functions: frozenset
+    nodes: frozenset
+
+
+class Layout:
+    """Where the parts of one meta graph lie in the bytes of a saved_model.pb."""
+
+    def __init__(self, data, meta_graph, meta_graph_count):
+        """Raises ValueError if `data` is laid out in a way this does not follow (a field
+        given twice, which protobuf merges); the model then is serialized whole."""
+        self.data = data
+        self.meta_graph_position = meta_graph
+        meta_graphs = [r for r in records(data) if r[0] == _SAVED_MODEL_META_GRAPHS]
+        if len(meta_graphs) != meta_graph_count:
+            raise ValueError("meta graphs are not one record each")
+        self.meta_graph = meta_graphs[meta_graph]
+        graphs = [r for r in records(data, *self.meta_graph[3:]) if r[0] == _META_GRAPH_GRAPH_DEF]
+        if len(graphs) != 1:
+            raise ValueError("the graph is not one record")
+        self.graph_records = records(data, *graphs[0][3:])
+        self.node_count = sum(r[0] == _GRAPH_NODE for r in self.graph_records)
+        libraries = [r for r in self.graph_records if r[0] == _GRAPH_LIBRARY]
+        if len(libraries) > 1:
+            raise ValueError("the function library is not one record")
+        self.library_records = records(data, *libraries[0][3:]) if libraries else []
+        self.function_records = [r for r in self.library_records if r[0] == _LIBRARY_FUNCTION]
+
+    def function_spans(self):
+        """[(start, end)] of each function's bytes in `data`, in library order."""
+        return [(r[3], r[4]) for r in self.function_records]
+
+
+def layout(data, meta_graph, meta_graph_count):
+    """The Layout of meta graph `meta_graph` in `data`, or None if it cannot be followed."""
+    try:
+        return Layout(data, meta_graph, meta_graph_count)
+    except (ValueError, IndexError):
+        return None
+
+
+def records(data, start=0, end=None):
+    """[(field number, wire type, record start, value start, value end)] of the fields of
+    the message in data[start:end]."""
+    end = len(data) if end is None else end
+    found = []
+    append = found.append
+    position = start
+    while position < end:  # the hot loop of a splice: one-byte varints read inline
+        record_start = position
+        tag = data[position]
+        position += 1
+        if tag > 0x7F:
+            tag, position = _read_varint(data, record_start)
+        wire_type = tag & 7
+        if wire_type == _LENGTH_DELIMITED:
+            length = data[position]
+            if length < 0x80:
+                position += 1
+            elif data[position + 1] < 0x80:
+                length = length & 0x7F | data[position + 1] << 7
+                position += 2
+            else:
+                length, position = _read_varint(data, position)
+            value_start, position = position, position + length
+        elif wire_type == 0:
+            value_start = position
+            _, position = _read_varint(data, position)
+        elif wire_type in (1, 5):
+            value_start, position = position, position + (8 if wire_type == 1 else 4)
+        else:  # groups (3, 4) do not occur in TensorFlow's protos
+            raise ValueError(f"unsupported wire type {wire_type}")
+        append((tag >> 3, wire_type, record_start, value_start, position))
+    if position > end:
+        raise ValueError("truncated message")
+    return found
+
+
+def splice_saved_model(layout, saved_model, edits):
+    """The serialized `saved_model` (parsed from `layout.data`, then changed as `edits`
+    says) as a list of chunks to write in order: spans of the input (memoryviews) where
+    nothing changed, new bytes elsewhere. None if the message no longer fits the layout;
+    then serialize it whole."""
+    meta_graph = saved_model.meta_graphs[layout.meta_graph_position]
+    graph_def = meta_graph.graph_def
+    if (not layout.node_count or layout.node_count > len(graph_def.node)
+            or len(layout.function_records) > len(graph_def.library.function)
+            or (not layout.library_records and len(graph_def.library.function))):
+        return None
+    data = layout.data
+    graph = _Chunks(data)
+    library = _Chunks(data)
+    _add_records(
+        library, layout.library_records, _LIBRARY_FUNCTION, graph_def.library.function,
+        lambda position: graph_def.library.function[position].signature.name in edits.functions,
+        lambda r: library.copy(r[2], r[4]))  # gradients: never edited
+
+    def other(r):  # versions, debug_info: never edited
+        if r[0] == _GRAPH_LIBRARY:
+            graph.nest(_GRAPH_LIBRARY, library)
+        else:
+            graph.copy(r[2], r[4])
+
+    _add_records(graph, layout.graph_records, _GRAPH_NODE, graph_def.node,
+                 edits.nodes.__contains__, other)
+    out = _Chunks(data)
+    out.copy(0, layout.meta_graph[2])
+    out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
+    out.copy(layout.meta_graph[4], len(data))
+    return out.chunks
+
+
+class _Chunks:
+    """A serialized message under construction: spans of the input (adjacent ones merge
+    into one) and new bytes. Nothing is joined: joining would copy megabytes."""
+
+    def __init__(self, data):
+        self.data = data
+        self.parts = []  # bytes, or [start, end] of a span of `data`
+        self.size = 0
+
+    def copy(self, start, end):
+        last = self.parts[-1] if self.parts else None
+        if type(last) is list and last[1] == start:
+            last[1] = end
+        else:
+            self.parts.append([start, end])
+        self.size += end - start
+
+    def add(self, payload):
+        self.parts.append(payload)
+        self.size += len(payload)
+
+    def nest(self, number, inner):
+        """Adds `inner` (a _Chunks of the same input) as length-delimited field `number`."""
+        self.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(inner.size))
+        self.parts.extend(inner.parts)
+        self.size += inner.size
+
+    def add_message(self, number, message):
+        payload = message.SerializeToString(deterministic=True)
+        self.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload)
+
+    @property
+    def chunks(self):
+        """The message's bytes, in order, as bytes and memoryviews of the input."""
+        view = memoryview(self.data)
+        return [view[part[0]:part[1]] if type(part) is list else part for part in self.parts]
+
+
+def _meta_graph_chunks(data, meta_graph, graph):
+    """The meta graph's fields with the _Chunks `graph` as its graph_def: everything but
+    the graph is small, so it is serialized and the graph put in its place."""
+    rest = _without_graph_def(meta_graph).SerializeToString(deterministic=True)
+    out, inserted = _Chunks(data), False
+    for number, _, record_start, _, value_end in records(rest):
+        if number > _META_GRAPH_GRAPH_DEF and not inserted:
+            out.nest(_META_GRAPH_GRAPH_DEF, graph)
+            inserted = True
+        out.add(rest[record_start:value_end])
+    if not inserted:
+        out.nest(_META_GRAPH_GRAPH_DEF, graph)
+    return out
+
+
+def _without_graph_def(meta_graph):
+    """A MetaGraphDef with every field of `meta_graph` but its graph_def (copied field by
+    field: copying the whole message would copy the graph). Every field of a MetaGraphDef
+    is a message, a map or a repeated field, all of which merge."""
+    shell = protos.MetaGraphDef()
+    for field, value in meta_graph.ListFields():
+        if field.number != _META_GRAPH_GRAPH_DEF:
+            getattr(shell, field.name).MergeFrom(value)
+    return shell
+
+
+def _add_records(out, message_records, number, elements, edited, other):
+    """Adds the records of a message to `out`: those of repeated field `number` (whose
+    messages are `elements`) as the input's span, or re-serialized where `edited(position)`,
+    then, after the last, the elements appended past the input's; `other(record)` adds
+    each record of another field."""
+    count = sum(r[0] == number for r in message_records)
+    position = 0
+    for r in message_records:
+        if r[0] != number:
+            other(r)
+            continue
+        if edited(position):
+            out.add_message(number, elements[position])
+        else:
+            out.copy(r[2], r[4])
+        position += 1
+        if position == count:
+            for appended in range(count, len(elements)):
+                out.add_message(number, elements[appended])
+
+
+def _varint(value):
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_varint(data, position):
+    result = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, position
+        shift += 7

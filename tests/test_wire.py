@@ -1,0 +1,95 @@
+"""graphtap.wire: a tap writes saved_model.pb by copying the input's bytes wherever the
+rewrite left them alone, and what it writes is exactly the rewritten model.
+
+(Every tap of the suite also checks its spliced file against the whole rewritten
+message: conftest sets GRAPHTAP_VERIFY_SPLICE.)
+"""
+
+import shutil
+
+import pytest
+
+import graphtap
+from graphtap import io, protos, wire
+
+
+def _read(model_dir):
+    with open(f"{model_dir}/saved_model.pb", "rb") as f:
+        return f.read()
+
+
+def _canonical(data):
+    return protos.SavedModel.FromString(data).SerializeToString(deterministic=True)
+
+
+def _refuse_whole_serialization(monkeypatch):
+    def refuse(message):
+        raise AssertionError("saved_model.pb was serialized whole, not spliced")
+
+    monkeypatch.setattr(io, "_serialize", refuse)
+
+
+@pytest.mark.parametrize("fixture, selectors", [
+    ("keras_cnn", {"ops": ["Relu"]}),
+    ("nested_module", {"ops": ["Relu"]}),
+    ("tf1_builder", {"ops": ["Relu"]}),
+    ("while_module", {"ops": ["Relu"], "loop": "stack"}),
+    ("keras_cnn", {"ops": ["Relu"], "mode": "add"}),
+])
+def test_spliced_file_is_the_deterministic_serialization(request, tmp_path, monkeypatch,
+                                                        fixture, selectors):
+    source, _ = request.getfixturevalue(fixture)
+    assert _canonical(_read(source)) == _read(source)  # as TensorFlow writes it
+    _refuse_whole_serialization(monkeypatch)
+
+    report = graphtap.tap(source, str(tmp_path / "out"), **selectors)
+
+    assert report.taps
+    written = _read(tmp_path / "out")
+    assert written != _read(source)
+    assert written == _canonical(written)
+
+
+def test_unchanged_functions_are_copied_byte_for_byte(keras_cnn, tmp_path):
+    source, _ = keras_cnn
+    graphtap.tap(source, str(tmp_path / "out"), ops=["Relu"])
+
+    def functions(data):
+        layout = wire.layout(data, 0, 1)
+        graph = protos.SavedModel.FromString(data).meta_graphs[0].graph_def
+        names = [f.signature.name for f in graph.library.function]
+        return {name: data[start:end] for name, (start, end) in zip(names, layout.function_spans())}
+
+    before, after = functions(_read(source)), functions(_read(tmp_path / "out"))
+    kept = [name for name in before if after.get(name) == before[name]]
+    assert set(before) <= set(after)
+    assert 0 < len(kept) < len(before)  # the tapped path changed; save, restore, ... did not
+
+
+def _length_delimited(number, payload):
+    header = bytearray([number << 3 | 2])
+    size = len(payload)
+    while size > 0x7F:
+        header.append(size & 0x7F | 0x80)
+        size >>= 7
+    header.append(size)
+    return bytes(header) + payload
+
+
+def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
+    """A meta graph whose graph_def comes in two records (protobuf merges them) is valid;
+    the splice declines it and the model is written whole, with the same result."""
+    source, _ = keras_cnn
+    saved_model = protos.SavedModel.FromString(_read(source))
+    meta_graph = saved_model.meta_graphs[0].SerializeToString(deterministic=True)
+    odd = str(tmp_path / "odd")
+    shutil.copytree(source, odd)
+    with open(f"{odd}/saved_model.pb", "wb") as f:
+        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
+                + _length_delimited(2, meta_graph + _length_delimited(2, b"")))
+    assert wire.layout(_read(odd), 0, 1) is None
+
+    graphtap.tap(odd, str(tmp_path / "from_odd"), ops=["Relu"])
+    graphtap.tap(source, str(tmp_path / "from_source"), ops=["Relu"])
+
+    assert _read(tmp_path / "from_odd") == _read(tmp_path / "from_source")
