@@ -143,11 +143,11 @@ def _saved_model_chunks(saved_model, layout, edits):
         chunks = wire.splice_saved_model(layout, saved_model, edits)
     if chunks is None:
         return [_serialize(saved_model)]
-    if os.environ.get(VERIFY_SPLICE_ENV) == "1":
-        if protos.SavedModel.FromString(b"".join(chunks)) != saved_model:
-            raise errors.GraphtapError(
-                "graphtap bug, please report: the spliced saved_model.pb differs from the "
-                "rewritten model")
+    if (os.environ.get(VERIFY_SPLICE_ENV) == "1"
+            and protos.SavedModel.FromString(b"".join(chunks)) != saved_model):
+        raise errors.GraphtapError(
+            "graphtap bug, please report: the spliced saved_model.pb differs from the "
+            "rewritten model")
     return chunks
 
 
