@@ -260,12 +260,8 @@ def _objects(meta_graph):
 
 def _index(meta_graph, layout=None):
     """The GraphIndex of a meta graph; with its wire.Layout, one that reads less."""
-    serialized = None
-    if layout is not None:
-        view = memoryview(layout.data)
-        serialized = [view[start:end] for start, end in layout.function_spans()]
     return GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op,
-                      serialized)
+                      layout)
 
 
 def _fresh(selected, already):
@@ -394,11 +390,11 @@ def _manifest(model_dir, records):
                 previous = json.load(f)["taps"]
         except (OSError, ValueError, KeyError, TypeError):
             raise errors.CorruptModel("unreadable graphtap manifest", path) from None
-    taps = previous + [_as_dict(record) for record in records]
+    fields = [field.name for field in dataclasses.fields(TapRecord)]
+    taps = previous + [{name: getattr(record, name) for name in fields} for record in records]
     # One tap per line: readable, and json's C encoder does not indent.
-    lines = ",\n".join("  " + json.dumps(tap) for tap in taps)
+    lines = ",\n".join("  " + _JSON.encode(tap) for tap in taps)
     return ('{"taps": [\n' + lines + "\n]}\n").encode("utf-8")
 
 
-def _as_dict(record):
-    return {field.name: getattr(record, field.name) for field in dataclasses.fields(record)}
+_JSON = json.JSONEncoder()

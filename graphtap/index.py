@@ -6,6 +6,7 @@ k-th output is `node:k` (`node` for k = 0). Inside a FunctionDef it is `node:arg
 with `arg` the OpDef's output-arg name; function inputs are bare arg names.
 """
 
+import bisect
 import collections
 import dataclasses
 import functools
@@ -170,16 +171,16 @@ class _Body:
 class GraphIndex:
     """The outer graph and function library of one meta graph or GraphDef."""
 
-    def __init__(self, graph_def, stripped_op_list=(), serialized_functions=None):
-        """serialized_functions: the bytes of each function as read, in library order;
-        with them, `references` skips the bodies whose bytes do not mention a name."""
+    def __init__(self, graph_def, stripped_op_list=(), layout=None):
+        """layout: the wire.Layout of the bytes `graph_def` was parsed from; with it, the
+        index skips the nodes and functions whose bytes cannot mention a name it seeks."""
         self.graph_def = graph_def
         self.functions = {f.signature.name: f for f in graph_def.library.function}
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self._bodies = {}
-        self._serialized = None
-        if serialized_functions is not None and len(serialized_functions) == len(self.functions):
-            self._serialized = dict(zip(self.functions, serialized_functions))
+        self._layout = layout
+        if layout is not None and len(layout.function_records) != len(self.functions):
+            self._layout = None
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -213,14 +214,36 @@ class GraphIndex:
         return references
 
     def _mentioning(self, names):
-        """The functions whose serialized bytes mention one of `names` (a function cannot
-        refer to a name without holding its bytes); every function, without the bytes."""
-        if self._serialized is None:
+        """The functions whose bytes mention one of `names` (a function cannot refer to a
+        name without holding its bytes); every function, without a layout."""
+        if self._layout is None:
             return self.functions
         if not names:
             return set()
         pattern = re.compile(b"|".join(re.escape(name.encode()) for name in names))
-        return {name for name, data in self._serialized.items() if pattern.search(data)}
+        data = self._layout.data
+        return {name for name, (start, end) in zip(self.functions, self._layout.function_spans())
+                if pattern.search(data, start, end)}
+
+    def outer_nodes_mentioning(self, name):
+        """Positions of the outer-graph nodes that may refer to `name`: those whose bytes
+        hold it, and those added since the graph was read; every node, without a layout."""
+        count = len(self.graph_def.node)
+        if self._layout is None:
+            return range(count)
+        starts, end = self._node_records
+        if not starts or len(starts) > count:
+            return range(count)
+        pattern = re.compile(re.escape(name.encode()))
+        found = {bisect.bisect_right(starts, match.start()) - 1
+                 for match in pattern.finditer(self._layout.data, starts[0], end)}
+        return sorted(found | set(range(len(starts), count)))
+
+    @functools.cached_property
+    def _node_records(self):
+        """(where each outer-graph node's record starts in the input, where the last ends)."""
+        spans = self._layout.node_spans()
+        return [start for start, _ in spans], max((end for _, end in spans), default=0)
 
     def candidates_from(self, root_nodes, outer_tensors=True, keep=None):
         """Every tensor computed to produce `root_nodes` (outer-graph node names).

@@ -18,9 +18,7 @@ in sorted-key order; SignatureDef tensor names are updated to match.
 import collections
 import dataclasses
 
-from google.protobuf import message
-
-from graphtap import control_flow, errors
+from graphtap import control_flow, errors, protos, wire
 from graphtap.index import (
     TAP_PREFIX,
     argument_names,
@@ -30,6 +28,10 @@ from graphtap.index import (
 )
 from graphtap.keys import fresh_names, unique_name
 from graphtap.opdefs import CALL_OPS
+
+
+_LIST_SHAPE_FIELD = (protos.AttrValue.DESCRIPTOR.nested_types_by_name["ListValue"]
+                     .fields_by_name["shape"].number)
 
 
 @dataclasses.dataclass
@@ -159,6 +161,7 @@ class TapRewrite:
         self.edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
         self.origins = {}  # {clone: the function it copies}
         self.loop = loop  # control_flow.MODES: how taps inside While bodies come out
+        self._shape_records = {}
         self._loop_bodies = set()
 
     def apply(self, taps):
@@ -344,8 +347,9 @@ class TapRewrite:
             else:
                 node.op = callee_name
             if "_output_shapes" in node.attr:
-                node.attr["_output_shapes"].list.shape.extend(
-                    shape or unknown for _, _, shape in new_outputs[callee])
+                shapes = node.attr["_output_shapes"].list
+                shapes.MergeFromString(b"".join(
+                    self._shape_record(shape or unknown) for _, _, shape in new_outputs[callee]))
             for i, (_, dtype, shape) in enumerate(new_outputs[callee], self._output_counts[callee]):
                 ref = f"{node_name}:output:{i}" if is_call_op else None
                 outputs.append((("call", node_name, i), dtype, shape, ref))
@@ -389,14 +393,22 @@ class TapRewrite:
             filled.append((source, dtype, shape, ref))
         return filled
 
+    def _shape_record(self, shape):
+        """A TensorShapeProto as a record of AttrValue.ListValue's `shape`, serialized once
+        however many call nodes declare it: appending bytes costs less than a copy each."""
+        cached = self._shape_records.get(id(shape))
+        if cached is None:  # holding `shape` in the cache keeps its id its own
+            record = wire.length_delimited(_LIST_SHAPE_FIELD, shape.SerializeToString())
+            cached = self._shape_records[id(shape)] = (record, shape)
+        return cached[0]
+
     def _add_function_outputs(self, body, outputs):
         new_names = fresh_names("graphtap_tap", argument_names(body))
+        output_args, rets = body.signature.output_arg, body.ret
         for _, dtype, _, ref in outputs:
             name = next(new_names)
-            arg = body.signature.output_arg.add()
-            arg.name = name
-            arg.type = dtype
-            body.ret[name] = ref
+            output_args.add(name=name, type=dtype)
+            rets[name] = ref
 
     def _update_signatures(self, taps, clones):
         by_signature = collections.defaultdict(list)
@@ -436,13 +448,15 @@ class TapRewrite:
         if order == list(range(count)):
             return
         new_position = {old: new for new, old in enumerate(order)}
-        _permute(wrapper.signature.output_arg, order)
-        for position, node in enumerate(self.graph_def.node):
+        _permute(wrapper.signature, "output_arg", order)
+        nodes = self.graph_def.node
+        for position in self.index.outer_nodes_mentioning(call_name):
+            node = nodes[position]
             if node.name == call_name:
                 self.edited_nodes.add(position)
-                _permute(node.attr["Tout"].list.type, order)
+                _permute(node.attr["Tout"].list, "type", order)
                 if "_output_shapes" in node.attr:
-                    _permute(node.attr["_output_shapes"].list.shape, order)
+                    _permute(node.attr["_output_shapes"].list, "shape", order)
             for i, ref in enumerate(node.input):
                 if node_of(ref) == call_name and not ref.startswith("^"):
                     self.edited_nodes.add(position)
@@ -455,18 +469,22 @@ class TapRewrite:
                     info.name = f"{call_name}:{new_position[old]}"
 
 
-def _permute(repeated, order):
-    """Reorders a repeated field: position i gets the item that was at `order[i]`."""
-    items = list(repeated)
-    if items and isinstance(items[0], message.Message):
-        copies = [type(item)() for item in items]  # the items die with `del`
-        for copy, item in zip(copies, items):
-            copy.CopyFrom(item)
-        del repeated[:]
-        repeated.extend(copies[old] for old in order)
-    else:
-        del repeated[:]
-        repeated.extend(items[old] for old in order)
+def _permute(parent, field_name, order):
+    """Reorders repeated field `field_name` of message `parent`: position i gets the item
+    that was at `order[i]`. Items before the first that moves stay where they are."""
+    repeated = getattr(parent, field_name)
+    start = next((i for i, old in enumerate(order) if i != old), len(order))
+    field = parent.DESCRIPTOR.fields_by_name[field_name]
+    if field.message_type is None:
+        items = list(repeated)
+        del repeated[start:]
+        repeated.extend(items[old] for old in order[start:])
+        return
+    # Messages move as bytes: parsing them back at once costs less than copying each.
+    encoded = [item.SerializeToString(deterministic=True) for item in repeated]
+    del repeated[start:]
+    parent.MergeFromString(b"".join(
+        wire.length_delimited(field.number, encoded[old]) for old in order[start:]))
 
 
 def _callees_first(calls_on_path):

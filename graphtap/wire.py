@@ -65,6 +65,10 @@ class Layout:
         """[(start, end)] of each function's bytes in `data`, in library order."""
         return [(r[3], r[4]) for r in self.function_records]
 
+    def node_spans(self):
+        """[(start, end)] of each outer-graph node's record in `data`, in graph order."""
+        return [(r[2], r[4]) for r in self.graph_records if r[0] == _GRAPH_NODE]
+
 
 def layout(data, meta_graph, meta_graph_count):
     """The Layout of meta graph `meta_graph` in `data`, or None if it cannot be followed."""
@@ -125,10 +129,11 @@ def splice_saved_model(layout, saved_model, edits):
     data = layout.data
     graph = _Chunks(data)
     library = _Chunks(data)
-    _add_records(
-        library, layout.library_records, _LIBRARY_FUNCTION, graph_def.library.function,
-        lambda position: graph_def.library.function[position].signature.name in edits.functions,
-        lambda r: library.copy(r[2], r[4]))  # gradients: never edited
+    functions = graph_def.library.function
+    edited_functions = {position for position in range(len(layout.function_records))
+                        if functions[position].signature.name in edits.functions}
+    _add_records(library, layout.library_records, _LIBRARY_FUNCTION, functions,
+                 edited_functions, lambda r: library.copy(r[2], r[4]))  # gradients
 
     def other(r):  # versions, debug_info: never edited
         if r[0] == _GRAPH_LIBRARY:
@@ -136,8 +141,7 @@ def splice_saved_model(layout, saved_model, edits):
         else:
             graph.copy(r[2], r[4])
 
-    _add_records(graph, layout.graph_records, _GRAPH_NODE, graph_def.node,
-                 edits.nodes.__contains__, other)
+    _add_records(graph, layout.graph_records, _GRAPH_NODE, graph_def.node, edits.nodes, other)
     out = _Chunks(data)
     out.copy(0, layout.meta_graph[2])
     out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
@@ -173,8 +177,7 @@ class _Chunks:
         self.size += inner.size
 
     def add_message(self, number, message):
-        payload = message.SerializeToString(deterministic=True)
-        self.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload)
+        self.add(length_delimited(number, message.SerializeToString(deterministic=True)))
 
     @property
     def chunks(self):
@@ -211,26 +214,50 @@ def _without_graph_def(meta_graph):
 
 def _add_records(out, message_records, number, elements, edited, other):
     """Adds the records of a message to `out`: those of repeated field `number` (whose
-    messages are `elements`) as the input's span, or re-serialized where `edited(position)`,
-    then, after the last, the elements appended past the input's; `other(record)` adds
-    each record of another field."""
+    messages are `elements`) as spans of the input, or re-serialized at the positions in
+    `edited`, then, after the last, the elements appended past the input's;
+    `other(record)` adds each record of another field."""
     count = sum(r[0] == number for r in message_records)
     position = 0
-    for r in message_records:
-        if r[0] != number:
-            other(r)
-            continue
-        if edited(position):
-            out.add_message(number, elements[position])
+    span = None  # [start, end] of the unedited records not yet added
+    for r in message_records:  # one pass over every node: kept to plain list work
+        if r[0] == number and position not in edited:
+            if span is None:
+                span = [r[2], r[4]]
+            else:
+                span[1] = r[4]  # consecutive records are adjacent in the input
+            position += 1
         else:
-            out.copy(r[2], r[4])
-        position += 1
+            if span is not None:
+                out.copy(*span)
+                span = None
+            if r[0] != number:
+                other(r)
+                continue
+            out.add_message(number, elements[position])
+            position += 1
         if position == count:
+            if span is not None:
+                out.copy(*span)
+                span = None
             for appended in range(count, len(elements)):
                 out.add_message(number, elements[appended])
+            position += 1  # past count: appended only once
+    if span is not None:
+        out.copy(*span)
+
+
+def length_delimited(number, payload):
+    """The record of field `number` holding `payload` (a message's or a string's bytes)."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+_ONE_BYTE = [bytes((value,)) for value in range(0x80)]
 
 
 def _varint(value):
+    if value < 0x80:
+        return _ONE_BYTE[value]
     out = bytearray()
     while value > 0x7F:
         out.append(value & 0x7F | 0x80)
