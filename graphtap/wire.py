@@ -132,8 +132,9 @@ def splice_saved_model(layout, saved_model, edits):
     functions = graph_def.library.function
     edited_functions = {position for position in range(len(layout.function_records))
                         if functions[position].signature.name in edits.functions}
-    _add_records(library, layout.library_records, _LIBRARY_FUNCTION, functions,
-                 edited_functions, lambda r: library.copy(r[2], r[4]))  # gradients
+    _add_records(library, layout.library_records, _LIBRARY_FUNCTION,
+                 len(layout.function_records), functions, edited_functions,
+                 lambda r: library.copy(r[2], r[4]))  # gradients
 
     def other(r):  # versions, debug_info: never edited
         if r[0] == _GRAPH_LIBRARY:
@@ -141,7 +142,8 @@ def splice_saved_model(layout, saved_model, edits):
         else:
             graph.copy(r[2], r[4])
 
-    _add_records(graph, layout.graph_records, _GRAPH_NODE, graph_def.node, edits.nodes, other)
+    _add_records(graph, layout.graph_records, _GRAPH_NODE, layout.node_count, graph_def.node,
+                 edits.nodes, other)
     out = _Chunks(data)
     out.copy(0, layout.meta_graph[2])
     out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
@@ -212,12 +214,11 @@ def _without_graph_def(meta_graph):
     return shell
 
 
-def _add_records(out, message_records, number, elements, edited, other):
-    """Adds the records of a message to `out`: those of repeated field `number` (whose
-    messages are `elements`) as spans of the input, or re-serialized at the positions in
-    `edited`, then, after the last, the elements appended past the input's;
+def _add_records(out, message_records, number, count, elements, edited, other):
+    """Adds the records of a message to `out`: the `count` of repeated field `number`
+    (whose messages are `elements`) as spans of the input, or re-serialized at the
+    positions in `edited`, then, after the last, the elements appended past the input's;
     `other(record)` adds each record of another field."""
-    count = sum(r[0] == number for r in message_records)
     position = 0
     span = None  # [start, end] of the unedited records not yet added
     for r in message_records:  # one pass over every node: kept to plain list work
