@@ -11,6 +11,11 @@ deterministically (as TensorFlow writes it) the result is byte for byte what
 
 import dataclasses
 
+try:
+    from google.protobuf import unknown_fields
+except ImportError:
+    unknown_fields = None
+
 from graphtap import protos
 
 _LENGTH_DELIMITED = 2
@@ -122,6 +127,8 @@ def splice_saved_model(layout, saved_model, edits):
     then serialize it whole."""
     meta_graph = saved_model.meta_graphs[layout.meta_graph_position]
     graph_def = meta_graph.graph_def
+    if _unknown_field_count(meta_graph):
+        return None  # _without_graph_def would drop them
     if (not layout.node_count or layout.node_count > len(graph_def.node)
             or len(layout.function_records) > len(graph_def.library.function)
             or (not layout.library_records and len(graph_def.library.function))):
@@ -201,6 +208,13 @@ def _meta_graph_chunks(data, meta_graph, graph):
     if not inserted:
         out.nest(_META_GRAPH_GRAPH_DEF, graph)
     return out
+
+
+def _unknown_field_count(message):
+    """How many fields of `message` itself its message class does not know."""
+    if unknown_fields is None:  # protobuf before 4.22
+        return len(message.UnknownFields())
+    return len(unknown_fields.UnknownFieldSet(message))
 
 
 def _without_graph_def(meta_graph):

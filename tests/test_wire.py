@@ -66,14 +66,17 @@ def test_unchanged_functions_are_copied_byte_for_byte(keras_cnn, tmp_path):
     assert 0 < len(kept) < len(before)  # the tapped path changed; save, restore, ... did not
 
 
+def _varint(value):
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _length_delimited(number, payload):
-    header = bytearray([number << 3 | 2])
-    size = len(payload)
-    while size > 0x7F:
-        header.append(size & 0x7F | 0x80)
-        size >>= 7
-    header.append(size)
-    return bytes(header) + payload
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
 def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
@@ -93,3 +96,25 @@ def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
     graphtap.tap(source, str(tmp_path / "from_source"), ops=["Relu"])
 
     assert _read(tmp_path / "from_odd") == _read(tmp_path / "from_source")
+
+
+def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
+    """Fields this TensorFlow's protos do not know (a newer writer's) are kept: in the meta
+    graph, which then is serialized whole, and in a function, which is copied as read."""
+    source, _ = keras_cnn
+    saved_model = protos.SavedModel.FromString(_read(source))
+    meta_graph = saved_model.meta_graphs[0]
+    newer_field = _length_delimited(999, b"from the future")
+    untouched = meta_graph.graph_def.library.function[0]
+    untouched.MergeFromString(newer_field)
+    newer = str(tmp_path / "newer")
+    shutil.copytree(source, newer)
+    with open(f"{newer}/saved_model.pb", "wb") as f:
+        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
+                + _length_delimited(2, meta_graph.SerializeToString() + newer_field))
+
+    graphtap.tap(newer, str(tmp_path / "out"), ops=["Relu"])
+
+    written = _read(tmp_path / "out")
+    assert written.count(newer_field) == 2
+    assert untouched.SerializeToString(deterministic=True) in written
