@@ -29,7 +29,6 @@ from graphtap.index import (
 from graphtap.keys import fresh_names, unique_name
 from graphtap.opdefs import CALL_OPS
 
-
 _LIST_SHAPE_FIELD = (protos.AttrValue.DESCRIPTOR.nested_types_by_name["ListValue"]
                      .fields_by_name["shape"].number)
 
