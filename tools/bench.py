@@ -21,9 +21,11 @@ whole-process time of the `graphtap tap` command for --cli_model against
 `python -c "import tensorflow"`.
 
     python tools/bench.py [--models=resnet50,synthetic_100k] [--repeats=5]
+    python tools/bench.py --breakdown=resnet50 --repeats=20   # time per phase
 """
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -35,7 +37,8 @@ import time
 from absl import app, flags
 
 import graphtap
-from graphtap import protos
+from graphtap import api, check, io, protos, wire
+from graphtap.rewrite import TapRewrite
 
 flags.DEFINE_list("models", ["mobilenetv2", "resnet50", "efficientnetb0", "densenet121",
                              "synthetic_1k", "synthetic_10k", "synthetic_100k"], "Models.")
@@ -43,6 +46,8 @@ flags.DEFINE_integer("repeats", 5, "Runs of each in-process measurement.")
 flags.DEFINE_integer("baseline_repeats", 3, "Runs of the Keras rebuild baseline.")
 flags.DEFINE_string("cli_model", "resnet50", "Model for the whole-process CLI timing.")
 flags.DEFINE_string("workdir", "/tmp/graphtap-bench", "Where models and outputs go.")
+flags.DEFINE_string("breakdown", None, "Instead of the tables: where the time of the floor and "
+                    "of tapping every activation goes, phase by phase, for this model.")
 FLAGS = flags.FLAGS
 
 APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
@@ -77,10 +82,14 @@ def node_count(path):
 
 
 def floor(source, output):
-    """What any rewrite of the file must do: read, parse, serialize, write, link."""
+    """What any rewrite of the file must do: read, parse, serialize, write, link.
+    Returns {phase: seconds}."""
+    start = time.perf_counter()
     with open(os.path.join(source, "saved_model.pb"), "rb") as f:
         model = protos.SavedModel.FromString(f.read())
+    parsed = time.perf_counter()
     data = model.SerializeToString(deterministic=True)
+    serialized = time.perf_counter()
     os.makedirs(output)
     with open(os.path.join(output, "saved_model.pb"), "wb") as f:
         f.write(data)
@@ -90,6 +99,8 @@ def floor(source, output):
         if os.path.isdir(os.path.join(source, name)):
             shutil.copytree(os.path.join(source, name), os.path.join(output, name),
                             copy_function=os.link)
+    return {"read and parse": parsed - start, "serialize": serialized - parsed,
+            "write and link": time.perf_counter() - serialized}
 
 
 def activation_selectors(path):
@@ -189,8 +200,73 @@ def print_table(header, rows):
     print()
 
 
+# The phases of graphtap.tap that --breakdown times: (label, owner, attribute).
+TAP_PHASES = (
+    ("read and parse", io, "read"),
+    ("layout", wire, "layout"),
+    ("index and check the input", check, "check_input"),
+    ("select", api, "_candidates"),
+    ("rewrite", TapRewrite, "apply"),
+    ("check the output", check, "check_output"),
+    ("manifest", api, "_manifest"),
+    ("write (splice, files, staging)", io, "write_saved_model"),
+)
+
+
+@contextlib.contextmanager
+def timed_phases(totals):
+    """Wraps each of TAP_PHASES to add its seconds to `totals`[label] while in the block."""
+    originals = [(owner, attribute, getattr(owner, attribute)) for _, owner, attribute in TAP_PHASES]
+
+    def timing(label, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - start
+        return wrapper
+
+    for (label, _, _), (owner, attribute, function) in zip(TAP_PHASES, originals):
+        setattr(owner, attribute, timing(label, function))
+    try:
+        yield
+    finally:
+        for owner, attribute, function in originals:
+            setattr(owner, attribute, function)
+
+
+def breakdown(name):
+    """Prints the minimum time of each phase of the floor and of tapping every activation
+    of model `name`, over --repeats alternated runs."""
+    path = model_dir(name)
+    ops, _ = activation_selectors(path)
+    output = os.path.join(FLAGS.workdir, "out")
+    runs = collections.defaultdict(list)
+    for _ in range(FLAGS.repeats):
+        shutil.rmtree(output, ignore_errors=True)
+        floor_phases = floor(path, output)
+        for phase, seconds in floor_phases.items():
+            runs["floor", phase].append(seconds)
+        runs["floor", "total"].append(sum(floor_phases.values()))
+        shutil.rmtree(output, ignore_errors=True)
+        phases = {}
+        with timed_phases(phases):
+            start = time.perf_counter()
+            graphtap.tap(path, output, ops=ops)
+            phases["total"] = time.perf_counter() - start
+        for phase, seconds in phases.items():
+            runs["tap", phase].append(seconds)
+    print(f"{name}: minimum over {FLAGS.repeats} alternated runs, ms")
+    print_table(("", "phase", "ms"),
+                [[kind, phase, f"{min(seconds) * 1e3:.2f}"] for (kind, phase), seconds in runs.items()])
+
+
 def main(_):
     os.makedirs(FLAGS.workdir, exist_ok=True)
+    if FLAGS.breakdown:
+        breakdown(FLAGS.breakdown)
+        return
     for name in FLAGS.models:
         model_dir(name)
 
