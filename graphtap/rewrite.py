@@ -480,7 +480,7 @@ def _permute(parent, field_name, order):
         repeated.extend(items[old] for old in order[start:])
         return
     # Messages move as bytes: parsing them back at once costs less than copying each.
-    encoded = [item.SerializeToString(deterministic=True) for item in repeated]
+    encoded = {old: repeated[old].SerializeToString(deterministic=True) for old in order[start:]}
     del repeated[start:]
     parent.MergeFromString(b"".join(
         wire.length_delimited(field.number, encoded[old]) for old in order[start:]))
