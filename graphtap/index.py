@@ -332,17 +332,19 @@ class GraphIndex:
         return {i for i in found if not names[i].startswith(TAP_PREFIX)}
 
     def _add_outputs(self, function, calls, blocked, node, tapped, found):
-        shapes = node.attr["_output_shapes"].list.shape if "_output_shapes" in node.attr else ()
+        shapes_attr = node.attr.get("_output_shapes")
+        shapes = shapes_attr.list.shape if shapes_attr is not None else ()
+        name, op = node.name, node.op
         for output, (arg, arg_index, dtype) in enumerate(self.registry.outputs(node)):
             if dtype in _HANDLE_DTYPES:
                 continue
-            ref = tensor_ref(function, node.name, output, arg, arg_index)
+            ref = tensor_ref(function, name, output, arg, arg_index)
             found.append(
                 Candidate(
                     calls=calls,
                     function=function,
-                    node=node.name,
-                    op=node.op,
+                    node=name,
+                    op=op,
                     output=output,
                     arg=arg,
                     arg_index=arg_index,

@@ -35,6 +35,7 @@ class OpRegistry:
         self._functions = functions or {}
         self._function_attrs = {}
         self._fixed_output_counts = {}  # op type -> output count, None if it varies by node
+        self._output_arg_fields = {}  # op type -> _output_arg_fields of its OpDef
 
     def op_def(self, op_type):
         function = self._functions.get(op_type)
@@ -70,18 +71,33 @@ class OpRegistry:
         """The node's outputs, in TensorFlow's flat order."""
         op_def = self.op_def(node.op)
         outputs = []
-        for arg in op_def.output_arg:
-            if arg.number_attr:
-                dtype = arg.type or _attr(node, op_def, arg.type_attr).type
-                count = _attr(node, op_def, arg.number_attr).i
-                outputs.extend(Output(arg.name, i, dtype) for i in range(count))
-            elif arg.type_list_attr:
-                dtypes = _attr(node, op_def, arg.type_list_attr).list.type
-                outputs.extend(Output(arg.name, i, dtype) for i, dtype in enumerate(dtypes))
+        for name, fixed_type, type_attr, number_attr, type_list_attr in self._output_args(node.op):
+            if number_attr:
+                dtype = fixed_type or _attr(node, op_def, type_attr).type
+                count = _attr(node, op_def, number_attr).i
+                outputs.extend(Output(name, i, dtype) for i in range(count))
+            elif type_list_attr:
+                dtypes = _attr(node, op_def, type_list_attr).list.type
+                outputs.extend(Output(name, i, dtype) for i, dtype in enumerate(dtypes))
             else:
-                dtype = arg.type or _attr(node, op_def, arg.type_attr).type
-                outputs.append(Output(arg.name, 0, dtype))
+                outputs.append(Output(name, 0, fixed_type or _attr(node, op_def, type_attr).type))
         return outputs
+
+    def _output_args(self, op_type):
+        """The fields of the op's output args that `outputs` reads, read once per op type
+        (reading protobuf fields costs far more than reading a tuple). A function's are
+        read anew each time: the rewrite adds outputs to functions."""
+        if op_type in self._functions:
+            return _output_arg_fields(self._functions[op_type].signature)
+        fields = self._output_arg_fields.get(op_type)
+        if fields is None:
+            fields = self._output_arg_fields[op_type] = _output_arg_fields(self.op_def(op_type))
+        return fields
+
+
+def _output_arg_fields(op_def):
+    return [(arg.name, arg.type, arg.type_attr, arg.number_attr, arg.type_list_attr)
+            for arg in op_def.output_arg]
 
 
 def _attr(node, op_def, name):
