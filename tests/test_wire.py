@@ -105,7 +105,8 @@ def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
     saved_model = protos.SavedModel.FromString(_read(source))
     meta_graph = saved_model.meta_graphs[0]
     newer_field = _length_delimited(999, b"from the future")
-    untouched = meta_graph.graph_def.library.function[0]
+    untouched = next(f for f in meta_graph.graph_def.library.function
+                     if "_traced_save" in f.signature.name)  # on no path from a signature
     untouched.MergeFromString(newer_field)
     newer = str(tmp_path / "newer")
     shutil.copytree(source, newer)
