@@ -129,9 +129,10 @@ def splice_saved_model(layout, saved_model, edits):
     graph_def = meta_graph.graph_def
     if _unknown_field_count(meta_graph):
         return None  # _without_graph_def would drop them
+    # Elements are appended after the input's last of their field: there must be one.
     if (not layout.node_count or layout.node_count > len(graph_def.node)
             or len(layout.function_records) > len(graph_def.library.function)
-            or (not layout.library_records and len(graph_def.library.function))):
+            or (not layout.function_records and len(graph_def.library.function))):
         return None
     data = layout.data
     graph = _Chunks(data)
