@@ -66,19 +66,6 @@ def test_unchanged_functions_are_copied_byte_for_byte(keras_cnn, tmp_path):
     assert 0 < len(kept) < len(before)  # the tapped path changed; save, restore, ... did not
 
 
-def _varint(value):
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _length_delimited(number, payload):
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
     """A meta graph whose graph_def comes in two records (protobuf merges them) is valid;
     the splice declines it and the model is written whole, with the same result."""
@@ -89,7 +76,7 @@ def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
     shutil.copytree(source, odd)
     with open(f"{odd}/saved_model.pb", "wb") as f:
         f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
-                + _length_delimited(2, meta_graph + _length_delimited(2, b"")))
+                + wire.length_delimited(2, meta_graph + wire.length_delimited(2, b"")))
     assert wire.layout(_read(odd), 0, 1) is None
 
     graphtap.tap(odd, str(tmp_path / "from_odd"), ops=["Relu"])
@@ -104,7 +91,7 @@ def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
     source, _ = keras_cnn
     saved_model = protos.SavedModel.FromString(_read(source))
     meta_graph = saved_model.meta_graphs[0]
-    newer_field = _length_delimited(999, b"from the future")
+    newer_field = wire.length_delimited(999, b"from the future")
     untouched = next(f for f in meta_graph.graph_def.library.function
                      if "_traced_save" in f.signature.name)  # on no path from a signature
     untouched.MergeFromString(newer_field)
@@ -112,7 +99,7 @@ def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
     shutil.copytree(source, newer)
     with open(f"{newer}/saved_model.pb", "wb") as f:
         f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
-                + _length_delimited(2, meta_graph.SerializeToString() + newer_field))
+                + wire.length_delimited(2, meta_graph.SerializeToString() + newer_field))
 
     graphtap.tap(newer, str(tmp_path / "out"), ops=["Relu"])
 
