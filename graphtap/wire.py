@@ -234,6 +234,12 @@ def _add_records(out, message_records, number, count, elements, edited, other):
     (whose messages are `elements`) as spans of the input, or re-serialized at the
     positions in `edited`, then, after the last, the elements appended past the input's;
     `other(record)` adds each record of another field."""
+    if count and all(r[0] != number for r in message_records[count:]):
+        # The usual layout, the field's `count` records first: visit only the edited ones.
+        _add_leading_records(out, message_records[:count], number, elements, edited)
+        for r in message_records[count:]:
+            other(r)
+        return
     position = 0
     span = None  # [start, end] of the unedited records not yet added
     for r in message_records:  # one pass over every node: kept to plain list work
@@ -261,6 +267,20 @@ def _add_records(out, message_records, number, count, elements, edited, other):
             position += 1  # past count: appended only once
     if span is not None:
         out.copy(*span)
+
+
+def _add_leading_records(out, element_records, number, elements, edited):
+    """_add_records for a message whose first records are all of field `number`."""
+    start = 0  # the first record not yet added
+    for position in sorted(p for p in edited if p < len(element_records)):
+        if position > start:
+            out.copy(element_records[start][2], element_records[position - 1][4])
+        out.add_message(number, elements[position])
+        start = position + 1
+    if start < len(element_records):
+        out.copy(element_records[start][2], element_records[-1][4])
+    for appended in range(len(element_records), len(elements)):
+        out.add_message(number, elements[appended])
 
 
 def length_delimited(number, payload):

@@ -106,3 +106,31 @@ def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
     written = _read(tmp_path / "out")
     assert written.count(newer_field) == 2
     assert untouched.SerializeToString(deterministic=True) in written
+
+
+def test_a_graph_with_its_library_first_is_spliced_in_its_own_order(keras_cnn, tmp_path,
+                                                                     monkeypatch):
+    """Protobuf allows a message's fields in any order. A graph_def whose library comes
+    before its nodes is still spliced, in that order, and means the same model."""
+    source, _ = keras_cnn
+    meta_graph = protos.SavedModel.FromString(_read(source)).meta_graphs[0]
+    graph = meta_graph.graph_def
+    graph_bytes = (wire.length_delimited(2, graph.library.SerializeToString())
+                   + b"".join(wire.length_delimited(1, n.SerializeToString()) for n in graph.node)
+                   + wire.length_delimited(4, graph.versions.SerializeToString()))
+    meta_graph.ClearField("graph_def")
+    reordered = str(tmp_path / "reordered")
+    shutil.copytree(source, reordered)
+    with open(f"{reordered}/saved_model.pb", "wb") as f:
+        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
+                + wire.length_delimited(2, meta_graph.SerializeToString(deterministic=True)
+                                        + wire.length_delimited(2, graph_bytes)))
+    graphtap.tap(source, str(tmp_path / "from_source"), ops=["Relu"], mode="add")
+    _refuse_whole_serialization(monkeypatch)
+
+    graphtap.tap(reordered, str(tmp_path / "from_reordered"), ops=["Relu"], mode="add")
+
+    written = _read(tmp_path / "from_reordered")
+    assert written != _read(tmp_path / "from_source")
+    assert protos.SavedModel.FromString(written) == protos.SavedModel.FromString(
+        _read(tmp_path / "from_source"))
