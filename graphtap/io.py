@@ -162,6 +162,7 @@ def staged_directory(output_dir, overwrite):
     _remove_abandoned(parent, os.path.basename(output_dir))
     staging = tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=parent)
     try:
+        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would shut out other users
         yield staging
         _publish_dir(staging, output_dir, overwrite)
     except BaseException:
@@ -181,6 +182,7 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
     _remove_abandoned(parent, os.path.basename(output_path))
     fd, staging = tempfile.mkstemp(prefix=_staging_prefix(output_path), dir=parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would shut out other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -192,6 +194,13 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
     finally:
         if os.path.lexists(staging):
             os.unlink(staging)
+
+
+def _umask():
+    """The process's umask, which os.umask can only tell by setting it."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def _staging_prefix(output_path):

@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -267,3 +268,21 @@ def test_next_write_removes_what_a_killed_write_staged(keras_cnn, tmp_path):
     assert not abandoned.exists()
     assert running.exists() and abandoned_file.exists()  # another writer, another output name
     assert sorted(os.listdir(tmp_path)) == sorted(["out", running.name, abandoned_file.name])
+
+
+def test_outputs_are_readable_by_other_users(keras_cnn, frozen_graph, tmp_path):
+    """Outputs get the modes the umask gives new files, not the 0700/0600 of the temporary
+    names they are staged under: a server running as another user must read them."""
+    umask = os.umask(0o022)
+    try:
+        graphtap.tap(keras_cnn[0], str(tmp_path / "out"), ops=["Relu"])
+        graphtap.tap(frozen_graph[0], str(tmp_path / "frozen.pb"), ops=["Relu"])
+    finally:
+        os.umask(umask)
+
+    def mode(path):
+        return stat.S_IMODE(os.stat(path).st_mode)
+
+    assert mode(tmp_path / "out") == 0o755
+    assert mode(tmp_path / "out" / "saved_model.pb") == 0o644
+    assert mode(tmp_path / "frozen.pb") == 0o644
