@@ -51,6 +51,7 @@ def numpy_gates(cell, sequences):
 @pytest.mark.parametrize("fixture", ["keras_lstm", "keras_lstm_sequences", "keras_gru",
                                      "keras_gru_sequences"])
 @pytest.mark.parametrize("mode", ["stack", "last"])
+@pytest.mark.compat("Taps inside While bodies (--loop), TF2 load and TF1 Session")
 def test_rnn_gates_at_every_step_equal_numpy(fixture, mode, request, tmp_path):
     path, model = request.getfixturevalue(fixture)
     layer = "lstm" if "lstm" in fixture else "gru"
@@ -72,6 +73,7 @@ def test_rnn_gates_at_every_step_equal_numpy(fixture, mode, request, tmp_path):
             assert_close(outputs[record.key], want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.compat("Taps inside While bodies (--loop), TF2 load and TF1 Session")
 def test_while_loop_module_stack_and_last_equal_numpy(while_module, tmp_path):
     path, _ = while_module
     values, steps = VECTORS.astype(np.float64), []
@@ -122,6 +124,7 @@ def test_cli_loop_flag(while_module, tmp_path):
     assert outputs["while_step"].shape == (4, 4, 3)
 
 
+@pytest.mark.compat("Taps inside If/Case branches, TF2 load and TF1 Session")
 def test_branch_taps_hold_the_taken_branch_or_nothing(branchy, tmp_path):
     """An op inside an If/Case branch: its value when that branch ran, else an empty tensor."""
     path, _ = branchy
