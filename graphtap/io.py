@@ -8,6 +8,7 @@ run leaves either the whole output or nothing under the output's name.
 import contextlib
 import dataclasses
 import os
+import secrets
 import shutil
 import tempfile
 
@@ -160,9 +161,8 @@ def staged_directory(output_dir, overwrite):
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
     _remove_abandoned(parent, os.path.basename(output_dir))
-    staging = tempfile.mkdtemp(prefix=_staging_prefix(output_dir), dir=parent)
+    staging = _create_staged(output_dir, _make_dir)
     try:
-        os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 would shut out other users
         yield staging
         _publish_dir(staging, output_dir, overwrite)
     except BaseException:
@@ -180,9 +180,8 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
     parent = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(parent, exist_ok=True)
     _remove_abandoned(parent, os.path.basename(output_path))
-    fd, staging = tempfile.mkstemp(prefix=_staging_prefix(output_path), dir=parent)
+    fd, staging = _create_staged(output_path, _make_file)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would shut out other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -196,11 +195,29 @@ def write_graph_def(graph_def, input_path, output_path, overwrite):
             os.unlink(staging)
 
 
-def _umask():
-    """The process's umask, which os.umask can only tell by setting it."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
+def _create_staged(output_path, create):
+    """`create(path)` for a new name beside `output_path` (see _staging_prefix). Unlike
+    mkdtemp's 0700 and mkstemp's 0600, `create` asks for the usual modes and the kernel
+    applies the umask, so other users can read the output as they could any new file."""
+    parent = os.path.dirname(os.path.abspath(output_path))
+    for _ in range(100):
+        path = os.path.join(parent, _staging_prefix(output_path) + secrets.token_hex(6))
+        try:
+            return create(path)
+        except FileExistsError:
+            continue
+    raise errors.OutputExists("no free name to stage the output beside it", output_path)
+
+
+def _make_dir(path):
+    os.mkdir(path, 0o777)
+    return path
+
+
+def _make_file(path):
+    """(a descriptor open for writing, `path`)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    return os.open(path, flags, 0o666), path
 
 
 def _staging_prefix(output_path):

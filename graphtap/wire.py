@@ -46,15 +46,15 @@ class Edits:
 class Layout:
     """Where the parts of one meta graph lie in the bytes of a saved_model.pb."""
 
-    def __init__(self, data, meta_graph, meta_graph_count):
+    def __init__(self, data, meta_graph_position, meta_graph_count):
         """Raises ValueError if `data` is laid out in a way this does not follow (a field
         given twice, which protobuf merges); the model then is serialized whole."""
         self.data = data
-        self.meta_graph_position = meta_graph
+        self.meta_graph_position = meta_graph_position
         meta_graphs = [r for r in records(data) if r[0] == _SAVED_MODEL_META_GRAPHS]
         if len(meta_graphs) != meta_graph_count:
             raise ValueError("meta graphs are not one record each")
-        self.meta_graph = meta_graphs[meta_graph]
+        self.meta_graph = meta_graphs[meta_graph_position]  # its record
         graphs = [r for r in records(data, *self.meta_graph[3:]) if r[0] == _META_GRAPH_GRAPH_DEF]
         if len(graphs) != 1:
             raise ValueError("the graph is not one record")
@@ -75,10 +75,10 @@ class Layout:
         return [(r[2], r[4]) for r in self.graph_records if r[0] == _GRAPH_NODE]
 
 
-def layout(data, meta_graph, meta_graph_count):
-    """The Layout of meta graph `meta_graph` in `data`, or None if it cannot be followed."""
+def layout(data, meta_graph_position, meta_graph_count):
+    """The Layout of one meta graph in `data`, or None if it cannot be followed."""
     try:
-        return Layout(data, meta_graph, meta_graph_count)
+        return Layout(data, meta_graph_position, meta_graph_count)
     except (ValueError, IndexError):
         return None
 
