@@ -111,12 +111,15 @@ class _Body:
     """One body's node names, ops and function references, read from the protobuf once:
     reading a field of a protobuf message costs far more than reading a Python list."""
 
-    def __init__(self, index, function):
+    def __init__(self, function, nodes, functions, registry):
         self.function = function
         # A list, not the repeated field: it keeps one Python object per node alive,
         # where the container would make a new one on every access.
-        self.nodes = list(index.body_nodes(function))
-        self._index = index
+        self.nodes = list(nodes)
+        # Not the index itself: a reference back would be a cycle, which keeps every node
+        # alive until the next garbage collection.
+        self._functions = functions
+        self._registry = registry
 
     @functools.cached_property
     def ops(self):
@@ -141,10 +144,10 @@ class _Body:
         """{node position: [(attr name, function name, is a call)]} for every node that
         refers to a function: by a call op's `f`, by running it as its op type (attr name
         None), or through another func attr (a While's `body`, an If's branches, ...)."""
-        index = self._index
+        functions, registry = self._functions, self._registry
         referring = {
             op for op in set(self.ops)
-            if op in CALL_OPS or op in index.functions or index.registry.function_attr_names(op)
+            if op in CALL_OPS or op in functions or registry.function_attr_names(op)
         }
         found = {}
         for i, op in enumerate(self.ops):
@@ -152,8 +155,8 @@ class _Body:
                 continue
             node = self.nodes[i]
             refs = [(attr, name, attr == "f" and op in CALL_OPS)
-                    for attr, name in function_attrs(node, index.registry)]
-            if op in index.functions:
+                    for attr, name in function_attrs(node, registry)]
+            if op in functions:
                 refs.append((None, op, True))
             found[i] = refs
         return found
@@ -192,7 +195,8 @@ class GraphIndex:
         """The _Body of a function (None: the outer graph), read once."""
         body = self._bodies.get(function)
         if body is None:
-            body = self._bodies[function] = _Body(self, function)
+            body = self._bodies[function] = _Body(function, self.body_nodes(function),
+                                                  self.functions, self.registry)
         return body
 
     def forget(self, function):

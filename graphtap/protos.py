@@ -106,6 +106,22 @@ SignatureDef = _message("tensorflow.SignatureDef")
 SavedObject = _message("tensorflow.SavedObject")
 XSpace = _message("tensorflow.profiler.XSpace")
 
+
+def _classes_of_fields(message_class, found):
+    """Adds the class of every message type that `message_class` holds, at any depth."""
+    for field in message_class.DESCRIPTOR.fields:
+        field_type = field.message_type
+        if field_type is not None and field_type.full_name not in found:
+            found[field_type.full_name] = message_factory.GetMessageClass(field_type)
+            _classes_of_fields(found[field_type.full_name], found)
+    return found
+
+
+# protobuf keeps the classes it makes for the types a message holds only while something
+# else does, and a class is a reference cycle: without these references each read of a
+# SavedModel would make them anew and leave the old ones to the garbage collector.
+_HELD_CLASSES = _classes_of_fields(SavedModel, {})
+
 _DATA_TYPE = POOL.FindEnumTypeByName("tensorflow.DataType")
 
 

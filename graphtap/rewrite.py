@@ -259,22 +259,10 @@ class TapRewrite:
                     own_objects[wrapper].add(self.objects.node_id(tap.signature))
         references = self._references(on_path)
         decided = {}
-
-        def must_clone(function):
-            if function not in decided:
-                decided[function] = False  # cycles were refused by the index
-                for kind, where, node in references[function]:
-                    if kind == "node" and (where, node) in calls_on_path:
-                        if where is not None and must_clone(where):
-                            decided[function] = True
-                    elif not (kind == "object" and where in own_objects[function]):
-                        decided[function] = True
-            return decided[function]
-
         taken = set(self.functions)
         clones = {}
         for function in sorted(on_path):
-            if must_clone(function):
+            if _must_clone(references, calls_on_path, own_objects, decided, function):
                 clones[function] = unique_name(f"{function}_graphtap", taken)
                 taken.add(clones[function])
         return clones
@@ -486,21 +474,39 @@ def _permute(parent, field_name, order):
         wire.length_delimited(field.number, encoded[old]) for old in order[start:]))
 
 
+def _must_clone(references, calls_on_path, own_objects, decided, function):
+    """Whether `function` must be copied: something other than its callers on the paths,
+    or the signature's own objects, refers to it, or it is called from a copy. Memoized in
+    `decided`. (A module function, not a closure: a recursive closure is a reference cycle
+    that would keep the whole index alive until the next garbage collection.)"""
+    if function not in decided:
+        decided[function] = False  # cycles were refused by the index
+        for kind, where, node in references[function]:
+            if kind == "node" and (where, node) in calls_on_path:
+                if where is not None and _must_clone(references, calls_on_path, own_objects,
+                                                     decided, where):
+                    decided[function] = True
+            elif not (kind == "object" and where in own_objects[function]):
+                decided[function] = True
+    return decided[function]
+
+
 def _callees_first(calls_on_path):
     """Functions on the paths, each after every function it calls on a path."""
     callees = collections.defaultdict(set)
     for (caller, _), callee in calls_on_path.items():
         callees[caller].add(callee)
     order, seen = [], set()
-
-    def visit(function):
-        if function in seen:
-            return
-        seen.add(function)
-        for callee in sorted(callees[function]):
-            visit(callee)
-        order.append(function)
-
-    for callee in sorted(callees[None]):
-        visit(callee)
+    for root in sorted(callees[None]):
+        _visit_callees(root, callees, seen, order)
     return order
+
+
+def _visit_callees(function, callees, seen, order):
+    """Appends `function` to `order` after its unseen callees, depth first."""
+    if function in seen:
+        return
+    seen.add(function)
+    for callee in sorted(callees[function]):
+        _visit_callees(callee, callees, seen, order)
+    order.append(function)

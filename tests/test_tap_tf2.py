@@ -5,6 +5,7 @@ Session, and checks tap values against an independent reference and the original
 bit for bit.
 """
 
+import gc
 import json
 import os
 
@@ -273,3 +274,23 @@ def test_fusion_warnings_name_taps_that_break_a_grappler_fusion(keras_cnn, tmp_p
     # The chains' last ops, and ops in no chain, cost nothing.
     report = graphtap.tap(path, str(tmp_path / "ends"), ops=["Relu", "Softmax", "AddV2"])
     assert report.warnings == ()
+
+
+@pytest.mark.parametrize("model, options", [
+    ("keras_cnn", {"ops": ["Relu"]}),
+    ("nested_module", {"names": ["act", "mix"]}),  # clones functions
+    ("while_module", {"names": ["while/step"], "loop": "stack"}),  # copies a loop's body
+])
+def test_a_tap_leaves_no_reference_cycles(request, model, options, tmp_path):
+    """What a tap builds is freed when it returns. A cycle through the index would keep
+    the whole parsed model alive until the next collection, which in a long-lived process
+    (an export hook) walks everything else the process holds as well."""
+    path, _ = request.getfixturevalue(model)
+    graphtap.tap(path, str(tmp_path / "warm"), **options)  # first use makes what is cached
+    gc.collect()
+    gc.disable()
+    try:
+        graphtap.tap(path, str(tmp_path / "out"), **options)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
