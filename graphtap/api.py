@@ -166,10 +166,8 @@ def _tap(
                        set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
-    edits = wire.Edits(functions=frozenset(rewrite.edited_in_place),
-                       nodes=frozenset(rewrite.edited_nodes))
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite,
-                         layout, edits)
+                         layout, _edits(rewrite))
     return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))),
                   tuple(warnings))
 
@@ -302,7 +300,8 @@ def _about(input_path):
 
 def _tap_graph_def(model, output_path, selectors, overwrite):
     name_selectors, ops, exclude, layers = selectors
-    index = GraphIndex(model.proto)
+    layout = model.data and wire.graph_def_layout(model.data)
+    index = GraphIndex(model.proto, (), layout)
     already = []
     keep = None if layers else Prefilter(name_selectors, ops)
     try:
@@ -318,10 +317,18 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
     warnings = fusion_warnings(index, taps)
-    TapRewrite(index).apply(taps)
-    io.write_graph_def(model.proto, model.path, output_path, overwrite)
+    rewrite = TapRewrite(index)
+    rewrite.apply(taps)
+    io.write_graph_def(model.proto, model.path, output_path, overwrite, layout,
+                       _edits(rewrite))
     records = tuple(_record(t, None) for t in taps)
     return Report(model.path, output_path, records, tuple(sorted(set(already))), tuple(warnings))
+
+
+def _edits(rewrite):
+    """The wire.Edits of what a TapRewrite changed in the input's functions and nodes."""
+    return wire.Edits(functions=frozenset(rewrite.edited_in_place),
+                      nodes=frozenset(rewrite.edited_nodes))
 
 
 def _meta_graph(model, tag_set):

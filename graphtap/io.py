@@ -43,10 +43,11 @@ def read(path):
         return _read_saved_model(path)
     if os.path.basename(path) in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT):
         return _read_saved_model(os.path.dirname(path) or ".")
-    graph_def, _ = _parse(path, protos.GraphDef, text=path.endswith(TEXT_SUFFIXES))
+    text = path.endswith(TEXT_SUFFIXES)
+    graph_def, data = _parse(path, protos.GraphDef, text)
     if not graph_def.node:
         raise errors.NotAModel("not a SavedModel directory nor a GraphDef with nodes", path)
-    return Model(path, graph_def, False)
+    return Model(path, graph_def, False, None if text else data)
 
 
 def _read_saved_model(directory):
@@ -116,7 +117,7 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
 
     `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
     """
-    chunks = _saved_model_chunks(saved_model, layout, edits)
+    chunks = _chunks(saved_model, wire.splice_saved_model, layout, edits)
     check_output(input_dir, output_dir, overwrite)
     with staged_directory(output_dir, overwrite) as staging:
         skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
@@ -137,18 +138,20 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
             _write_file(path, data)
 
 
-def _saved_model_chunks(saved_model, layout, edits):
-    """The bytes of `saved_model`, in chunks (wire.splice_saved_model)."""
+def _chunks(message, splice, layout, edits):
+    """The bytes of `message` (a SavedModel or GraphDef), in chunks: spliced from the
+    input's bytes by `splice` (wire.splice_saved_model or wire.splice_graph_def) given
+    their wire.Layout and the wire.Edits, or serialized whole where that cannot be done."""
     chunks = None
     if layout is not None and edits is not None:
-        chunks = wire.splice_saved_model(layout, saved_model, edits)
+        chunks = splice(layout, message, edits)
     if chunks is None:
-        return [_serialize(saved_model)]
+        return [_serialize(message)]
     if (os.environ.get(VERIFY_SPLICE_ENV) == "1"
-            and protos.SavedModel.FromString(b"".join(chunks)) != saved_model):
+            and type(message).FromString(b"".join(chunks)) != message):
         raise errors.GraphtapError(
-            "graphtap bug, please report: the spliced saved_model.pb differs from the "
-            "rewritten model")
+            f"graphtap bug, please report: the spliced {type(message).DESCRIPTOR.name} "
+            "differs from the rewritten one")
     return chunks
 
 
@@ -170,22 +173,21 @@ def staged_directory(output_dir, overwrite):
         raise
 
 
-def write_graph_def(graph_def, input_path, output_path, overwrite):
-    """Writes a GraphDef, as text if `output_path` ends in .pbtxt or .txt."""
+def write_graph_def(graph_def, input_path, output_path, overwrite, layout=None, edits=None):
+    """Writes a GraphDef, as text if `output_path` ends in .pbtxt or .txt. layout, edits:
+    as for write_saved_model."""
     check_output(input_path, output_path, overwrite)
     if output_path.endswith(TEXT_SUFFIXES):
-        data = text_format.MessageToString(graph_def).encode("utf-8")
+        chunks = [text_format.MessageToString(graph_def).encode("utf-8")]
     else:
-        data = _serialize(graph_def)
+        chunks = _chunks(graph_def, wire.splice_graph_def, layout, edits)
     parent = os.path.dirname(os.path.abspath(output_path))
     os.makedirs(parent, exist_ok=True)
     _remove_abandoned(parent, os.path.basename(output_path))
     fd, staging = _create_staged(output_path, _make_file)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_all(f, chunks)
         if overwrite:
             os.replace(staging, output_path)
         else:
@@ -258,9 +260,14 @@ def _serialize(proto):
 
 def _write_file(path, *chunks):
     with open(path, "wb") as f:
-        f.writelines(chunks)
-        f.flush()
-        os.fsync(f.fileno())
+        _write_all(f, chunks)
+
+
+def _write_all(f, chunks):
+    """Writes `chunks` to the open file `f` and waits until they are on disk."""
+    f.writelines(chunks)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def _link_or_copy(source, target):

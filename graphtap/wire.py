@@ -1,12 +1,13 @@
-"""Just enough of protobuf's wire format to write a rewritten SavedModel by copying the
-input's bytes for every part the rewrite left alone.
+"""Just enough of protobuf's wire format to write a rewritten SavedModel or GraphDef by
+copying the input's bytes for every part the rewrite left alone.
 
-Serializing a SavedModel costs about as much as parsing it, while a tap edits a few of
-its functions and outer-graph nodes. `splice_saved_model` re-serializes those (and the
-small parts of the tapped meta graph) and copies every other function, node and meta
-graph from the input. Records stay in the input's order, so when the input was written
-deterministically (as TensorFlow writes it) the result is byte for byte what
-`SerializeToString(deterministic=True)` of the edited message gives.
+Serializing a SavedModel costs about as much as parsing it, and serializing a frozen
+GraphDef, whose weights are constants, costs several times as much, while a tap edits a
+few of its functions and outer-graph nodes. `splice_saved_model` and `splice_graph_def`
+re-serialize those (and the small parts of the tapped meta graph) and copy every other
+function, node and meta graph from the input. Records stay in the input's order, so when
+the input was written deterministically (as TensorFlow writes it) the result is byte for
+byte what `SerializeToString(deterministic=True)` of the edited message gives.
 """
 
 import dataclasses
@@ -44,21 +45,17 @@ class Edits:
 
 
 class Layout:
-    """Where the parts of one meta graph lie in the bytes of a saved_model.pb."""
+    """Where the parts of one graph lie in the bytes of a saved_model.pb or GraphDef file."""
 
-    def __init__(self, data, meta_graph_position, meta_graph_count):
-        """Raises ValueError if `data` is laid out in a way this does not follow (a field
-        given twice, which protobuf merges); the model then is serialized whole."""
+    def __init__(self, data, graph_start, graph_end, meta_graph_position=None, meta_graph=None):
+        """The graph is data[graph_start:graph_end]; in a SavedModel, it is the graph of
+        meta graph `meta_graph_position`, whose record is `meta_graph`. Raises ValueError if
+        the graph is laid out in a way this does not follow (a field given twice, which
+        protobuf merges); the message then is serialized whole."""
         self.data = data
         self.meta_graph_position = meta_graph_position
-        meta_graphs = [r for r in records(data) if r[0] == _SAVED_MODEL_META_GRAPHS]
-        if len(meta_graphs) != meta_graph_count:
-            raise ValueError("meta graphs are not one record each")
-        self.meta_graph = meta_graphs[meta_graph_position]  # its record
-        graphs = [r for r in records(data, *self.meta_graph[3:]) if r[0] == _META_GRAPH_GRAPH_DEF]
-        if len(graphs) != 1:
-            raise ValueError("the graph is not one record")
-        self.graph_records = records(data, *graphs[0][3:])
+        self.meta_graph = meta_graph
+        self.graph_records = records(data, graph_start, graph_end)
         self.node_count = sum(r[0] == _GRAPH_NODE for r in self.graph_records)
         libraries = [r for r in self.graph_records if r[0] == _GRAPH_LIBRARY]
         if len(libraries) > 1:
@@ -76,9 +73,25 @@ class Layout:
 
 
 def layout(data, meta_graph_position, meta_graph_count):
-    """The Layout of one meta graph in `data`, or None if it cannot be followed."""
+    """The Layout of the graph of one meta graph in the bytes of a SavedModel, or None if it
+    cannot be followed."""
     try:
-        return Layout(data, meta_graph_position, meta_graph_count)
+        meta_graphs = [r for r in records(data) if r[0] == _SAVED_MODEL_META_GRAPHS]
+        if len(meta_graphs) != meta_graph_count:
+            raise ValueError("meta graphs are not one record each")
+        meta_graph = meta_graphs[meta_graph_position]
+        graphs = [r for r in records(data, *meta_graph[3:]) if r[0] == _META_GRAPH_GRAPH_DEF]
+        if len(graphs) != 1:
+            raise ValueError("the graph is not one record")
+        return Layout(data, *graphs[0][3:], meta_graph_position, meta_graph)
+    except (ValueError, IndexError):
+        return None
+
+
+def graph_def_layout(data):
+    """The Layout of the bytes of a GraphDef, or None if they cannot be followed."""
+    try:
+        return Layout(data, 0, len(data))
     except (ValueError, IndexError):
         return None
 
@@ -126,9 +139,27 @@ def splice_saved_model(layout, saved_model, edits):
     nothing changed, new bytes elsewhere. None if the message no longer fits the layout;
     then serialize it whole."""
     meta_graph = saved_model.meta_graphs[layout.meta_graph_position]
-    graph_def = meta_graph.graph_def
     if _unknown_field_count(meta_graph):
         return None  # _without_graph_def would drop them
+    graph = _graph_chunks(layout, meta_graph.graph_def, edits)
+    if graph is None:
+        return None
+    data = layout.data
+    out = _Chunks(data)
+    out.copy(0, layout.meta_graph[2])
+    out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
+    out.copy(layout.meta_graph[4], len(data))
+    return out.chunks
+
+
+def splice_graph_def(layout, graph_def, edits):
+    """splice_saved_model for a GraphDef file, whose Layout is `layout`."""
+    graph = _graph_chunks(layout, graph_def, edits)
+    return None if graph is None else graph.chunks
+
+
+def _graph_chunks(layout, graph_def, edits):
+    """The _Chunks of the GraphDef `graph_def`, or None if it no longer fits the layout."""
     # Elements are appended after the input's last of their field: there must be one.
     if (not layout.node_count or layout.node_count > len(graph_def.node)
             or len(layout.function_records) > len(graph_def.library.function)
@@ -152,11 +183,7 @@ def splice_saved_model(layout, saved_model, edits):
 
     _add_records(graph, layout.graph_records, _GRAPH_NODE, layout.node_count, graph_def.node,
                  edits.nodes, other)
-    out = _Chunks(data)
-    out.copy(0, layout.meta_graph[2])
-    out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
-    out.copy(layout.meta_graph[4], len(data))
-    return out.chunks
+    return graph
 
 
 class _Chunks:

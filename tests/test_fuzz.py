@@ -92,3 +92,35 @@ def test_mutated_models_fail_cleanly(keras_cnn, tf1_builder, nested_module, kera
         assert tree_digest(model) == before, f"case {case} modified its input"
         assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == [], case
     assert outcomes["refused"] > CASES // 10 and outcomes["tapped"] > CASES // 10, outcomes
+
+
+@pytest.mark.fuzz
+def test_mutated_graph_defs_fail_cleanly(frozen_graph, tmp_path):
+    """The same for frozen GraphDefs, whose output is spliced from the input's bytes (and
+    checked against the whole message: conftest sets GRAPHTAP_VERIFY_SPLICE)."""
+    rng = random.Random(20261126)
+    with open(frozen_graph[0], "rb") as f:
+        original = f.read()
+    outcomes = {"tapped": 0, "refused": 0}
+    model, out = tmp_path / "frozen.pb", tmp_path / "out" / "tapped.pb"
+    for case in range(CASES // 2):
+        if rng.random() < 0.3:
+            graph_def = protos.GraphDef.FromString(original)
+            node = _pick(rng, graph_def.node)
+            if rng.random() < 0.5:
+                graph_def.node.remove(node)
+            else:
+                node.name = _pick(rng, graph_def.node).name
+            data = graph_def.SerializeToString()
+        else:
+            data = _mutate_bytes(rng, original)
+        model.write_bytes(data)
+        try:
+            graphtap.tap(str(model), str(out), ops=["Relu", "MatMul", "BiasAdd"])
+            outcomes["tapped"] += 1
+            out.unlink()
+        except errors.GraphtapError:
+            outcomes["refused"] += 1
+        assert model.read_bytes() == data, f"case {case} modified its input"
+        assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == [], case
+    assert outcomes["refused"] > CASES // 20 and outcomes["tapped"] > CASES // 20, outcomes

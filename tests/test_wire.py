@@ -134,3 +134,23 @@ def test_a_graph_with_its_library_first_is_spliced_in_its_own_order(keras_cnn, t
     assert written != _read(tmp_path / "from_source")
     assert protos.SavedModel.FromString(written) == protos.SavedModel.FromString(
         _read(tmp_path / "from_source"))
+
+
+def test_a_frozen_graph_def_is_spliced_too(frozen_graph, tmp_path, monkeypatch):
+    """A frozen GraphDef holds its weights in its nodes, and serializing it costs several
+    times as much as parsing it: its unchanged nodes are copied as they were read."""
+    path, _ = frozen_graph
+    with open(path, "rb") as f:
+        canonical = protos.GraphDef.FromString(f.read()).SerializeToString(deterministic=True)
+    source, out = tmp_path / "frozen.pb", tmp_path / "tapped.pb"
+    source.write_bytes(canonical)  # as TensorFlow writes it with deterministic=True
+    _refuse_whole_serialization(monkeypatch)
+
+    report = graphtap.tap(str(source), str(out), ops=["Relu"])
+
+    written = out.read_bytes()
+    assert report.taps
+    assert written == protos.GraphDef.FromString(written).SerializeToString(deterministic=True)
+    nodes_end = wire.graph_def_layout(canonical).node_spans()[-1][1]
+    assert written[:nodes_end] == canonical[:nodes_end]  # taps are appended after them
+    assert len(written) > len(canonical)
