@@ -1,13 +1,15 @@
 """Benchmarks graphtap's rewrite against the floor of reading and writing the protobuf,
 and against the Keras rebuild a user would write without graphtap.
 
-Models: Keras 3 exports of keras.applications models (weights=None) and synthetic
-SavedModels from tools/make_synthetic.py, each built once into --workdir by a child
-process. Reported, as median (min-max) over --repeats runs, alternated, in this process:
+Models: Keras 3 exports of keras.applications models (weights=None), synthetic
+SavedModels from tools/make_synthetic.py, and ResNet50 frozen into a GraphDef (its
+weights become constants), each built once into --workdir by a child process.
+Reported, as median (min-max) over --repeats runs, alternated, in this process:
 
   floor      read saved_model.pb, parse it, serialize it (deterministically, as graphtap
              does), write it with fsync (as graphtap does) into a new directory and
-             hard-link the variables and assets there;
+             hard-link the variables and assets there; for a GraphDef, the same for its
+             file, written as a file;
   all acts   graphtap.tap of every activation output (Relu, Relu6, Sigmoid, Swish ops);
   one name   graphtap.tap of one activation name (in the synthetic models, every leaf
              function has the same node names, so one name is a tap per leaf);
@@ -38,10 +40,12 @@ from absl import app, flags
 
 import graphtap
 from graphtap import api, check, io, protos, wire
+from graphtap.index import GraphIndex
 from graphtap.rewrite import TapRewrite
 
 flags.DEFINE_list("models", ["mobilenetv2", "resnet50", "efficientnetb0", "densenet121",
-                             "synthetic_1k", "synthetic_10k", "synthetic_100k"], "Models.")
+                             "synthetic_1k", "synthetic_10k", "synthetic_100k",
+                             "resnet50_frozen"], "Models.")
 flags.DEFINE_integer("repeats", 5, "Runs of each in-process measurement.")
 flags.DEFINE_integer("baseline_repeats", 3, "Runs of the Keras rebuild baseline.")
 flags.DEFINE_string("cli_model", "resnet50", "Model for the whole-process CLI timing.")
@@ -54,16 +58,32 @@ APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
                 "efficientnetb0": "EfficientNetB0", "densenet121": "DenseNet121"}
 SYNTHETIC = {"synthetic_1k": (1_000, 3), "synthetic_10k": (10_000, 10),
              "synthetic_100k": (100_000, 10)}  # nodes, fanout
+FROZEN = {"resnet50_frozen": "resnet50"}  # GraphDef: the SavedModel it freezes
+# Freezes the serving signature of SavedModel argv[1] into GraphDef file argv[2].
+FREEZE = """
+import sys
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+loaded = tf.saved_model.load(sys.argv[1])  # holds the variables the signature reads
+frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
+graph_def = frozen.graph.as_graph_def()
+with open(sys.argv[2], "wb") as f:
+    f.write(graph_def.SerializeToString(deterministic=True))
+"""
 ACTIVATION_OPS = ("Relu", "Relu6", "Sigmoid", "Swish")
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
-def model_dir(name):
-    """The model's SavedModel under --workdir, built on first use by a child process, so
-    that TensorFlow is not in this process while graphtap is timed."""
-    path = os.path.join(FLAGS.workdir, name)
-    if not os.path.exists(os.path.join(path, "saved_model.pb")):
+def model_path(name):
+    """The model's SavedModel directory (or, for FROZEN, GraphDef file) under --workdir,
+    built on first use by a child process, so that TensorFlow is not in this process
+    while graphtap is timed."""
+    if name in FROZEN:
+        path = os.path.join(FLAGS.workdir, f"{name}.pb")
+        command = [sys.executable, "-c", FREEZE, model_path(FROZEN[name]), path]
+    else:
+        path = os.path.join(FLAGS.workdir, name)
         if name in APPLICATIONS:
             command = [sys.executable, "-c", f"import keras; keras.applications."
                        f"{APPLICATIONS[name]}(weights=None).export({path!r}, verbose=False)"]
@@ -71,31 +91,56 @@ def model_dir(name):
             nodes, fanout = SYNTHETIC[name]
             command = [sys.executable, os.path.join(TOOLS, "make_synthetic.py"),
                        f"--nodes={nodes}", f"--fanout={fanout}", f"--out={path}"]
+    if not os.path.exists(protobuf_file(path)):
         subprocess.run(command, check=True, capture_output=True, env=ENV)
     return path
 
 
+def protobuf_file(path):
+    """The file that holds the graph of the model at `path`."""
+    return path if path.endswith(".pb") else os.path.join(path, "saved_model.pb")
+
+
+def output_path(name, label):
+    """Where the tap of model `name` writes: a directory, or a file for a GraphDef."""
+    return os.path.join(FLAGS.workdir, label + (".pb" if name in FROZEN else ""))
+
+
+def remove(path):
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+
+
 def node_count(path):
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
-        graph = protos.SavedModel.FromString(f.read()).meta_graphs[0].graph_def
+    with open(protobuf_file(path), "rb") as f:
+        data = f.read()
+    if path.endswith(".pb"):
+        graph = protos.GraphDef.FromString(data)
+    else:
+        graph = protos.SavedModel.FromString(data).meta_graphs[0].graph_def
     return len(graph.node) + sum(len(function.node_def) for function in graph.library.function)
 
 
 def floor(source, output):
     """What any rewrite of the file must do: read, parse, serialize, write, link.
     Returns {phase: seconds}."""
+    is_graph_def = source.endswith(".pb")
+    message_class = protos.GraphDef if is_graph_def else protos.SavedModel
     start = time.perf_counter()
-    with open(os.path.join(source, "saved_model.pb"), "rb") as f:
-        model = protos.SavedModel.FromString(f.read())
+    with open(protobuf_file(source), "rb") as f:
+        model = message_class.FromString(f.read())
     parsed = time.perf_counter()
     data = model.SerializeToString(deterministic=True)
     serialized = time.perf_counter()
-    os.makedirs(output)
-    with open(os.path.join(output, "saved_model.pb"), "wb") as f:
+    if not is_graph_def:
+        os.makedirs(output)
+    with open(protobuf_file(output), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    for name in ("variables", "assets"):
+    for name in ("variables", "assets") if not is_graph_def else ():
         if os.path.isdir(os.path.join(source, name)):
             shutil.copytree(os.path.join(source, name), os.path.join(output, name),
                             copy_function=os.link)
@@ -111,18 +156,17 @@ def activation_selectors(path):
     return sorted({c.op for c in targets}), min(counts, key=counts.get)
 
 
-def timed(function, *args):
-    output = os.path.join(FLAGS.workdir, "out")
-    shutil.rmtree(output, ignore_errors=True)
+def timed(function, source, output):
+    remove(output)
     start = time.perf_counter()
-    function(*args, output)
+    function(source, output)
     return time.perf_counter() - start
 
 
 def in_process(name):
     """({measure: [seconds]} for floor, all activations and one name, alternated;
     {measure: taps made})."""
-    path = model_dir(name)
+    path, output = model_path(name), output_path(name, "out")
     ops, one_name = activation_selectors(path)
     tappers = {
         "all": lambda source, out: graphtap.tap(source, out, ops=ops),
@@ -130,13 +174,12 @@ def in_process(name):
     }
     runs = {"floor": [], "all": [], "one": []}
     for _ in range(FLAGS.repeats):
-        runs["floor"].append(timed(floor, path))
+        runs["floor"].append(timed(floor, path, output))
         for measure, tapper in tappers.items():
-            runs[measure].append(timed(tapper, path))
-    output = os.path.join(FLAGS.workdir, "out")
+            runs[measure].append(timed(tapper, path, output))
     taps = {}
     for measure, tapper in tappers.items():
-        shutil.rmtree(output, ignore_errors=True)
+        remove(output)
         taps[measure] = len(tapper(path, output).taps)
     return runs, taps, ops
 
@@ -164,7 +207,7 @@ def child_peak_rss(code, *args):
 def tap_process_rss(name, ops):
     code = ("import sys, graphtap; graphtap.tap(sys.argv[1], sys.argv[2], ops=sys.argv[3:], "
             "overwrite=True)")
-    return child_peak_rss(code, model_dir(name), os.path.join(FLAGS.workdir, "out_rss"), *ops)
+    return child_peak_rss(code, model_path(name), output_path(name, "out_rss"), *ops)
 
 
 def keras_baseline(name):
@@ -204,13 +247,16 @@ def print_table(header, rows):
 TAP_PHASES = (
     ("read and parse", io, "read"),
     ("layout", wire, "layout"),
+    ("layout", wire, "graph_def_layout"),
     ("index and check the input", check, "check_input"),
     ("select", api, "_candidates"),
+    ("select", GraphIndex, "all_candidates"),
     ("rewrite", TapRewrite, "apply"),
     ("check the output", check, "check_output"),
     ("manifest", api, "_manifest"),
     ("write (splice, files, staging)", io, "write_saved_model"),
-    ("  of which the splice", io, "_saved_model_chunks"),
+    ("write (splice, files, staging)", io, "write_graph_def"),
+    ("  of which the splice", io, "_chunks"),
 )
 
 
@@ -240,17 +286,16 @@ def timed_phases(totals):
 def breakdown(name):
     """Prints the minimum time of each phase of the floor and of tapping every activation
     of model `name`, over --repeats alternated runs."""
-    path = model_dir(name)
+    path, output = model_path(name), output_path(name, "out")
     ops, _ = activation_selectors(path)
-    output = os.path.join(FLAGS.workdir, "out")
     runs = collections.defaultdict(list)
     for _ in range(FLAGS.repeats):
-        shutil.rmtree(output, ignore_errors=True)
+        remove(output)
         floor_phases = floor(path, output)
         for phase, seconds in floor_phases.items():
             runs["floor", phase].append(seconds)
         runs["floor", "total"].append(sum(floor_phases.values()))
-        shutil.rmtree(output, ignore_errors=True)
+        remove(output)
         phases = {}
         with timed_phases(phases):
             start = time.perf_counter()
@@ -259,7 +304,7 @@ def breakdown(name):
         for phase, seconds in phases.items():
             runs["tap", phase].append(seconds)
     order = [key for key in runs if key[0] == "floor"] + [
-        ("tap", label) for label in [label for label, _, _ in TAP_PHASES] + ["total"]
+        ("tap", label) for label in [*dict.fromkeys(label for label, _, _ in TAP_PHASES), "total"]
         if ("tap", label) in runs]
     print(f"{name}: minimum over {FLAGS.repeats} alternated runs, ms")
     print_table(("", "phase", "ms"),
@@ -272,16 +317,16 @@ def main(_):
         breakdown(FLAGS.breakdown)
         return
     for name in FLAGS.models:
-        model_dir(name)
+        model_path(name)
 
     import_rss = child_peak_rss("import tensorflow")
     results = {}
     for name in FLAGS.models:
         runs, taps, ops = in_process(name)
-        pb = os.path.getsize(os.path.join(model_dir(name), "saved_model.pb")) / 2**20
+        pb = os.path.getsize(protobuf_file(model_path(name))) / 2**20
         results[name] = dict(runs=runs, taps=taps, ops=ops, pb=pb,
-                             nodes=node_count(model_dir(name)), rss=tap_process_rss(name, ops))
-    cli = [sys.executable, "-m", "graphtap", "tap", f"--input={model_dir(FLAGS.cli_model)}",
+                             nodes=node_count(model_path(name)), rss=tap_process_rss(name, ops))
+    cli = [sys.executable, "-m", "graphtap", "tap", f"--input={model_path(FLAGS.cli_model)}",
            f"--output={os.path.join(FLAGS.workdir, 'out_cli')}", "--tap_op=Relu", "--overwrite"]
     cli_runs, import_runs = [], []
     for _ in range(FLAGS.repeats):
@@ -306,7 +351,7 @@ def main(_):
             f"{summary(baseline[0], 1, ' s')} [{baseline[1]}]" if baseline else "-",
             f"{statistics.median(baseline[0]) / all_s:.0f}" if baseline else "-",
         ])
-    print_table(("model", "nodes", "saved_model.pb", "floor", "all activations [taps]",
+    print_table(("model", "nodes", "protobuf", "floor", "all activations [taps]",
                  "one name [taps]",
                  "all/floor", "Keras rebuild [outputs]", "rebuild/all"), rows)
 
@@ -321,7 +366,7 @@ def main(_):
             for name, r in results.items()]
     print("peak RSS of a process tapping every activation "
           f"(import tensorflow: {import_rss:.0f} MiB)")
-    print_table(("model", "tap process", "4 x saved_model.pb + import tensorflow"), rows)
+    print_table(("model", "tap process", "4 x protobuf + import tensorflow"), rows)
 
     print(f"whole process, {FLAGS.cli_model}, `graphtap tap --tap_op=Relu`: "
           f"{summary(cli_runs, 1, ' s')}; `python -c \"import tensorflow\"`: "
