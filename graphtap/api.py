@@ -107,7 +107,7 @@ def _tap(
     ops = [ops] if isinstance(ops, str) else list(ops or ())
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     layers = [layers] if isinstance(layers, str) else list(layers or ())
-    model = io.read(input_path)
+    model = io.read(input_path, stubs=True)
     io.check_output(input_path, output_path, overwrite)
     if not model.is_saved_model:
         if profile:
@@ -119,8 +119,8 @@ def _tap(
 
     meta_graph_position = _meta_graph_position(model, tag_set)
     meta_graph = model.proto.meta_graphs[meta_graph_position]
-    layout = model.data and wire.layout(model.data, meta_graph_position,
-                                        len(model.proto.meta_graphs))
+    layout = model.layout or (model.data and wire.layout(model.data, meta_graph_position,
+                                                         len(model.proto.meta_graphs)))
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
     index = _index(meta_graph, layout)

@@ -5,6 +5,8 @@ is skipped). The check runs on the input, where a failure means a broken model, 
 rewritten model before anything is written, where it means a graphtap bug.
 """
 
+import collections
+
 from graphtap import errors
 from graphtap.index import node_of
 from graphtap.opdefs import CALL_OPS, OpRegistry
@@ -52,6 +54,13 @@ class _Known:
     def __init__(self, index, origins, trusted):
         self.index, self.origins, self.trusted = index, origins, trusted
 
+    def functions(self, graph_def):
+        """{name: FunctionDef} of the graph's library: through the index, which parses the
+        functions the reader left as stubs, and, past it, those added since."""
+        library = {f.signature.name: f for f in graph_def.library.function}
+        return library if self.index is None else collections.ChainMap(self.index.functions,
+                                                                        library)
+
     def body(self, name, nodes):
         """The index's _Body that `nodes` (the body of function `name`, None: the outer
         graph) extends by appended nodes only, or None."""
@@ -65,7 +74,7 @@ class _Known:
 def _check(meta_graph, objects, signature_keys, known):
     """Checks the functions, call nodes and signatures that `signature_keys` use."""
     graph_def = meta_graph.graph_def
-    functions = {f.signature.name: f for f in graph_def.library.function}
+    functions = known.functions(graph_def)
     registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
     named = {node_of(info.name) for key in signature_keys
              for info in meta_graph.signature_def[key].outputs.values()}

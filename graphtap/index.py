@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import re
 
-from graphtap import errors, protos
+from graphtap import errors, protos, wire
 from graphtap.opdefs import CALL_OPS, OpRegistry
 
 TAP_PREFIX = "graphtap/"  # names of the Identity nodes graphtap adds
@@ -171,14 +171,40 @@ class _Body:
         }
 
 
+class FunctionLibrary(dict):
+    """{name: FunctionDef} of a graph's library. A function the reader left as a stub
+    (wire.stubbed) is parsed when it is first looked up, by `[]`, get, values or items.
+    `in` and iteration read names only; a copy (dict(...)) would hold stubs."""
+
+    def __init__(self, graph_def, layout=None):
+        super().__init__((f.signature.name, f) for f in graph_def.library.function)
+        self._layout = layout if layout is not None and layout.stubs else None
+
+    def __getitem__(self, name):
+        function = dict.__getitem__(self, name)
+        if self._layout is not None:
+            wire.fill_stub(self._layout, function)
+        return function
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def values(self):
+        return [self[name] for name in self]
+
+    def items(self):
+        return [(name, self[name]) for name in self]
+
+
 class GraphIndex:
     """The outer graph and function library of one meta graph or GraphDef."""
 
     def __init__(self, graph_def, stripped_op_list=(), layout=None):
         """layout: the wire.Layout of the bytes `graph_def` was parsed from; with it, the
-        index skips the nodes and functions whose bytes cannot mention a name it seeks."""
+        index skips the nodes and functions whose bytes cannot mention a name it seeks,
+        and parses the functions the layout says were left as stubs when it needs them."""
         self.graph_def = graph_def
-        self.functions = {f.signature.name: f for f in graph_def.library.function}
+        self.functions = FunctionLibrary(graph_def, layout)
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self._bodies = {}
         self._layout = layout

@@ -33,35 +33,42 @@ class Model:
     proto: object  # protos.SavedModel or protos.GraphDef
     is_saved_model: bool
     data: bytes = None  # the binary protobuf `proto` was parsed from (not kept for text)
+    layout: object = None  # read with stubs: the wire.Layout of `data` that lists them
 
 
-def read(path):
-    """Parses the SavedModel directory or GraphDef file at `path`."""
+def read(path, stubs=False):
+    """Parses the SavedModel directory or GraphDef file at `path`.
+
+    stubs: where wire.stubbed can, leave each function of a SavedModel's library as a stub
+      holding its name, for an index.FunctionLibrary to parse when it is looked up; the
+      Model's layout then lists them. Only for a rewrite that reads functions through
+      a GraphIndex and writes with that layout.
+    """
     if not os.path.lexists(path):
         raise errors.InputNotFound("no such file or directory", path)
     if os.path.isdir(path):
-        return _read_saved_model(path)
+        return _read_saved_model(path, stubs)
     if os.path.basename(path) in (SAVED_MODEL_PB, SAVED_MODEL_PBTXT):
-        return _read_saved_model(os.path.dirname(path) or ".")
+        return _read_saved_model(os.path.dirname(path) or ".", stubs)
     text = path.endswith(TEXT_SUFFIXES)
-    graph_def, data = _parse(path, protos.GraphDef, text)
+    graph_def, data, _ = _parse(path, protos.GraphDef, text)
     if not graph_def.node:
         raise errors.NotAModel("not a SavedModel directory nor a GraphDef with nodes", path)
     return Model(path, graph_def, False, None if text else data)
 
 
-def _read_saved_model(directory):
+def _read_saved_model(directory, stubs):
     for name, text in ((SAVED_MODEL_PB, False), (SAVED_MODEL_PBTXT, True)):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            saved_model, data = _parse(path, protos.SavedModel, text)
+            saved_model, data, layout = _parse(path, protos.SavedModel, text, stubs)
             if not saved_model.meta_graphs:
                 raise errors.CorruptModel("SavedModel has no meta graph", path)
             if _has_variables(saved_model) and not os.path.isfile(
                     os.path.join(directory, VARIABLES_INDEX)):
                 raise errors.CorruptModel(f"model has variables but no {VARIABLES_INDEX}",
                                           directory)
-            return Model(directory, saved_model, True, None if text else data)
+            return Model(directory, saved_model, True, None if text else data, layout)
     raise errors.NotAModel(f"directory has no {SAVED_MODEL_PB}", directory)
 
 
@@ -78,8 +85,8 @@ def _has_variables(saved_model):
 _VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 
 
-def _parse(path, message_class, text):
-    """(the message, the file's bytes)."""
+def _parse(path, message_class, text, stubs=False):
+    """(the message, the file's bytes, the wire.Layout listing its stubs or None)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -87,8 +94,12 @@ def _parse(path, message_class, text):
         raise errors.NotAModel(f"cannot read: {error.strerror}", path) from None
     try:
         if text:
-            return text_format.Parse(data.decode("utf-8"), message_class()), data
-        return message_class.FromString(data), data
+            return text_format.Parse(data.decode("utf-8"), message_class()), data, None
+        stubbed = wire.stubbed(data) if stubs else None
+        if stubbed is not None:
+            shell, layout = stubbed
+            return message_class.FromString(shell), data, layout
+        return message_class.FromString(data), data, None
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
         kind = message_class.DESCRIPTOR.name
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
@@ -146,12 +157,15 @@ def _chunks(message, splice, layout, edits):
     if layout is not None and edits is not None:
         chunks = splice(layout, message, edits)
     if chunks is None:
+        if layout is not None:
+            wire.fill_stubs(layout, message)
         return [_serialize(message)]
-    if (os.environ.get(VERIFY_SPLICE_ENV) == "1"
-            and type(message).FromString(b"".join(chunks)) != message):
-        raise errors.GraphtapError(
-            f"graphtap bug, please report: the spliced {type(message).DESCRIPTOR.name} "
-            "differs from the rewritten one")
+    if os.environ.get(VERIFY_SPLICE_ENV) == "1":
+        wire.fill_stubs(layout, message)  # what the splice copied as read
+        if type(message).FromString(b"".join(chunks)) != message:
+            raise errors.GraphtapError(
+                f"graphtap bug, please report: the spliced {type(message).DESCRIPTOR.name} "
+                "differs from the rewritten one")
     return chunks
 
 

@@ -38,9 +38,8 @@ class OpRegistry:
         self._output_arg_fields = {}  # op type -> _output_arg_fields of its OpDef
 
     def op_def(self, op_type):
-        function = self._functions.get(op_type)
-        if function is not None:
-            return function.signature
+        if op_type in self._functions:  # a function called by name
+            return self._functions[op_type].signature
         op_def = self._op_defs.get(op_type)
         if op_def is None:
             op_def = self._op_defs[op_type] = _registered_op_def(op_type)

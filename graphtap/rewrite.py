@@ -152,10 +152,9 @@ class TapRewrite:
         self.graph_def = graph_def = index.graph_def
         self.signature_defs = signature_defs
         self.objects = objects
-        self.functions = {f.signature.name: f for f in graph_def.library.function}
-        self._bodies = dict(self.functions)  # by name, clones included once made
-        # Output counts before the rewrite, which appends to functions edited in place.
-        self._output_counts = {n: len(f.signature.output_arg) for n, f in self.functions.items()}
+        self.functions = index.functions
+        self._bodies = collections.ChainMap({}, self.functions)  # and the clones, once made
+        self._output_counts = {}  # of the functions on the paths, before `apply` adds any
         self.edited_in_place = set()  # functions whose own body `apply` changed
         self.edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
         self.origins = {}  # {clone: the function it copies}
@@ -185,6 +184,8 @@ class TapRewrite:
             if self._node(caller, node_name).op in control_flow.WHILE_OPS
             and self._node(caller, node_name).attr["body"].func.name == callee
         }
+        self._output_counts = {function: len(self.functions[function].signature.output_arg)
+                               for function in set(calls_on_path.values())}
         clones = self._plan_clones(calls_on_path, taps)
         order = _callees_first(calls_on_path)
         self._clones = clones

@@ -8,16 +8,23 @@ re-serialize those (and the small parts of the tapped meta graph) and copy every
 function, node and meta graph from the input. Records stay in the input's order, so when
 the input was written deterministically (as TensorFlow writes it) the result is byte for
 byte what `SerializeToString(deterministic=True)` of the edited message gives.
+
+The same spans let a SavedModel be read without parsing the functions a tap never reaches
+(`_traced_save` and `_traced_restore` are half of a Keras export): `stubbed` gives the
+bytes to parse, with each function cut down to its name, and `fill_stub` parses one
+function into its stub when it is first looked up (index.FunctionLibrary).
 """
 
 import dataclasses
+
+from google.protobuf import message
 
 try:
     from google.protobuf import unknown_fields
 except ImportError:
     unknown_fields = None
 
-from graphtap import protos
+from graphtap import errors, protos
 
 _LENGTH_DELIMITED = 2
 
@@ -28,6 +35,8 @@ _META_GRAPH_GRAPH_DEF = 2
 _GRAPH_NODE = 1
 _GRAPH_LIBRARY = 2
 _LIBRARY_FUNCTION = 1
+_FUNCTION_SIGNATURE = 1
+_OP_DEF_NAME = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +56,19 @@ class Edits:
 class Layout:
     """Where the parts of one graph lie in the bytes of a saved_model.pb or GraphDef file."""
 
-    def __init__(self, data, graph_start, graph_end, meta_graph_position=None, meta_graph=None):
+    def __init__(self, data, graph_start, graph_end, meta_graph_position=None, meta_graph=None,
+                 graph=None):
         """The graph is data[graph_start:graph_end]; in a SavedModel, it is the graph of
-        meta graph `meta_graph_position`, whose record is `meta_graph`. Raises ValueError if
-        the graph is laid out in a way this does not follow (a field given twice, which
-        protobuf merges); the message then is serialized whole."""
+        meta graph `meta_graph_position`, whose record is `meta_graph`, in record `graph`
+        of it. Raises ValueError if the graph is laid out in a way this does not follow (a
+        field given twice, which protobuf merges); the message then is serialized whole."""
         self.data = data
         self.meta_graph_position = meta_graph_position
         self.meta_graph = meta_graph
+        self.graph = graph
+        # {name: (start, end) of its bytes} of the functions the parsed message holds as
+        # stubs (see `stubbed`); fill_stub removes each one it parses.
+        self.stubs = {}
         self.graph_records = records(data, graph_start, graph_end)
         self.node_count = sum(r[0] == _GRAPH_NODE for r in self.graph_records)
         libraries = [r for r in self.graph_records if r[0] == _GRAPH_LIBRARY]
@@ -83,9 +97,103 @@ def layout(data, meta_graph_position, meta_graph_count):
         graphs = [r for r in records(data, *meta_graph[3:]) if r[0] == _META_GRAPH_GRAPH_DEF]
         if len(graphs) != 1:
             raise ValueError("the graph is not one record")
-        return Layout(data, *graphs[0][3:], meta_graph_position, meta_graph)
+        return Layout(data, *graphs[0][3:], meta_graph_position, meta_graph, graphs[0])
     except (ValueError, IndexError):
         return None
+
+
+def stubbed(data):
+    """(bytes, Layout) for a SavedModel with one meta graph: the bytes of `data` with each
+    function of the graph's library cut down to a stub holding only its name, to parse in
+    place of `data`, and the Layout of `data`, whose `stubs` say where each function's
+    bytes are. None if the model has several meta graphs, no functions, or a function
+    whose name is not its first field's first field (as TensorFlow writes it)."""
+    try:
+        meta_graphs = sum(r[0] == _SAVED_MODEL_META_GRAPHS for r in records(data))
+        found = layout(data, 0, 1) if meta_graphs == 1 else None
+        if found is None or not found.function_records:
+            return None
+        return _stubbed(data, found)
+    except (ValueError, IndexError):  # not a valid protobuf: parsing it will say so
+        return None
+
+
+def _stubbed(data, found):
+    """stubbed, given the Layout `found` of `data`."""
+    stubs, library = {}, _Chunks(data)
+    for r in found.library_records:
+        if r[0] != _LIBRARY_FUNCTION:
+            library.copy(r[2], r[4])
+            continue
+        name = _function_name(data, r[3], r[4])
+        if name is None or name in stubs:
+            return None
+        stubs[name] = (r[3], r[4])
+        library.add(length_delimited(_LIBRARY_FUNCTION, length_delimited(
+            _FUNCTION_SIGNATURE, length_delimited(_OP_DEF_NAME, name.encode()))))
+    (library_record,) = [r for r in found.graph_records if r[0] == _GRAPH_LIBRARY]
+    graph = _Chunks(data)
+    graph.copy(found.graph[3], library_record[2])
+    graph.nest(_GRAPH_LIBRARY, library)
+    graph.copy(library_record[4], found.graph[4])
+    meta_graph = _Chunks(data)
+    meta_graph.copy(found.meta_graph[3], found.graph[2])
+    meta_graph.nest(_META_GRAPH_GRAPH_DEF, graph)
+    meta_graph.copy(found.graph[4], found.meta_graph[4])
+    out = _Chunks(data)
+    out.copy(0, found.meta_graph[2])
+    out.nest(_SAVED_MODEL_META_GRAPHS, meta_graph)
+    out.copy(found.meta_graph[4], len(data))
+    found.stubs = stubs
+    return b"".join(out.chunks), found
+
+
+def _function_name(data, start, end):
+    """The name of the FunctionDef in data[start:end], read from its first record (the
+    signature) and that record's first (the name); None if they are not there."""
+    signature = _leading_field(data, start, end, _FUNCTION_SIGNATURE)
+    name = signature and _leading_field(data, *signature, _OP_DEF_NAME)
+    if not name:
+        return None
+    try:
+        return bytes(data[name[0]:name[1]]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _leading_field(data, start, end, number):
+    """(start, end) of the value of the first record in data[start:end] if it is field
+    `number`, length-delimited; else None."""
+    if start >= end:
+        return None
+    tag, position = _read_varint(data, start)
+    if tag != number << 3 | _LENGTH_DELIMITED:
+        return None
+    length, position = _read_varint(data, position)
+    return (position, position + length) if position + length <= end else None
+
+
+def fill_stub(layout, function):
+    """Parses the bytes of `function`, if it is one of the layout's stubs, into it."""
+    span = layout.stubs.pop(function.signature.name, None)
+    if span is None:
+        return
+    try:
+        function.MergeFromString(layout.data[span[0]:span[1]])
+    except message.DecodeError as error:
+        raise errors.CorruptModel(
+            f"function '{function.signature.name}' is not a valid FunctionDef: {error}"
+        ) from None
+
+
+def fill_stubs(layout, model):
+    """Parses every stub left in `model` (the SavedModel or GraphDef of `layout`)."""
+    if not layout.stubs:
+        return
+    graph_def = (model.meta_graphs[layout.meta_graph_position].graph_def
+                 if layout.meta_graph is not None else model)
+    for function in graph_def.library.function:
+        fill_stub(layout, function)
 
 
 def graph_def_layout(data):
@@ -159,7 +267,10 @@ def splice_graph_def(layout, graph_def, edits):
 
 
 def _graph_chunks(layout, graph_def, edits):
-    """The _Chunks of the GraphDef `graph_def`, or None if it no longer fits the layout."""
+    """The _Chunks of the GraphDef `graph_def`, or None if it no longer fits the layout
+    or the rewrite edited a function it did not parse (which would be a graphtap bug)."""
+    if edits.functions & layout.stubs.keys():
+        return None
     # Elements are appended after the input's last of their field: there must be one.
     if (not layout.node_count or layout.node_count > len(graph_def.node)
             or len(layout.function_records) > len(graph_def.library.function)

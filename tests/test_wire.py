@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 import graphtap
-from graphtap import io, protos, wire
+from graphtap import errors, io, protos, wire
 
 
 def _read(model_dir):
@@ -154,3 +154,50 @@ def test_a_frozen_graph_def_is_spliced_too(frozen_graph, tmp_path, monkeypatch):
     nodes_end = wire.graph_def_layout(canonical).node_spans()[-1][1]
     assert written[:nodes_end] == canonical[:nodes_end]  # taps are appended after them
     assert len(written) > len(canonical)
+
+
+def _with_unparseable_function(source, tmp_path, name_part):
+    """A copy of SavedModel `source` in which the function whose name holds `name_part`
+    has a description that is not UTF-8, which protobuf refuses to parse; its records and
+    their lengths are intact."""
+    saved_model = protos.SavedModel.FromString(_read(source))
+    library = saved_model.meta_graphs[0].graph_def.library
+    function = next(f for f in library.function if name_part in f.signature.name)
+    marker = b"graphtap-test-marker"
+    function.signature.description = marker.decode()
+    data = saved_model.SerializeToString(deterministic=True)
+    assert data.count(marker) == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    (broken / "saved_model.pb").write_bytes(data.replace(marker, b"\xff" * len(marker)))
+    return str(broken), function.signature.name
+
+
+def test_functions_no_tap_reaches_are_copied_unparsed(keras_cnn, tmp_path, monkeypatch):
+    """A tap parses only the functions it reads (the signature's, and those whose bytes
+    mention a function on its path); the others, `_traced_save` among them, are copied
+    as they were read, even when this protobuf could not parse them."""
+    source, _ = keras_cnn
+    broken, name = _with_unparseable_function(source, tmp_path, "_traced_save")
+    with pytest.raises(errors.CorruptModel, match="not a valid SavedModel protobuf"):
+        graphtap.list_targets(broken)  # which reads every function
+    monkeypatch.delenv(io.VERIFY_SPLICE_ENV)  # it parses the whole output
+
+    report = graphtap.tap(broken, str(tmp_path / "out"), ops=["Relu"])
+
+    assert report.taps
+    _, layout = wire.stubbed(_read(broken))
+    start, end = layout.stubs[name]
+    assert _read(broken)[start:end] in _read(tmp_path / "out")
+
+
+def test_an_unparseable_function_on_the_path_is_a_clean_error(keras_cnn, tmp_path):
+    source, _ = keras_cnn
+    broken, name = _with_unparseable_function(source, tmp_path, "__inference___call__")
+
+    with pytest.raises(errors.CorruptModel, match=f"function '{name}' is not a valid "
+                                                  "FunctionDef") as raised:
+        graphtap.tap(broken, str(tmp_path / "out"), ops=["Relu"])
+
+    assert raised.value.where == broken
+    assert not (tmp_path / "out").exists()
