@@ -246,7 +246,7 @@ def print_table(header, rows):
 # The phases of graphtap.tap that --breakdown times: (label, owner, attribute).
 TAP_PHASES = (
     ("read and parse", io, "read"),
-    ("layout", wire, "layout"),
+    ("  of which the layout", wire, "layout"),  # read with stubs needs it: see wire.stubbed
     ("layout", wire, "graph_def_layout"),
     ("index and check the input", check, "check_input"),
     ("select", api, "_candidates"),
