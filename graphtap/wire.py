@@ -156,7 +156,7 @@ def _function_name(data, start, end):
     if not name:
         return None
     try:
-        return bytes(data[name[0]:name[1]]).decode("utf-8")
+        return data[name[0]:name[1]].decode("utf-8")
     except UnicodeDecodeError:
         return None
 

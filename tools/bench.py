@@ -24,6 +24,10 @@ whole-process time of the `graphtap tap` command for --cli_model against
 
     python tools/bench.py [--models=resnet50,synthetic_100k] [--repeats=5]
     python tools/bench.py --breakdown=resnet50 --repeats=20   # time per phase
+
+--breakdown also times, for a SavedModel, what the bytes alone of the tap's output take
+(parse the input, serialize the functions the output changes or adds, write it): the part
+of the tap that no rewrite producing that output can avoid.
 """
 
 import collections
@@ -303,12 +307,52 @@ def breakdown(name):
             phases["total"] = time.perf_counter() - start
         for phase, seconds in phases.items():
             runs["tap", phase].append(seconds)
+    if not path.endswith(".pb"):
+        changed = changed_functions(path, output)
+        for _ in range(FLAGS.repeats):
+            bytes_phases = bytes_alone(path, output, changed)
+            for phase, seconds in bytes_phases.items():
+                runs["bytes alone", phase].append(seconds)
+            runs["bytes alone", "total"].append(sum(bytes_phases.values()))
     order = [key for key in runs if key[0] == "floor"] + [
         ("tap", label) for label in [*dict.fromkeys(label for label, _, _ in TAP_PHASES), "total"]
-        if ("tap", label) in runs]
+        if ("tap", label) in runs] + [key for key in runs if key[0] == "bytes alone"]
     print(f"{name}: minimum over {FLAGS.repeats} alternated runs, ms")
     print_table(("", "phase", "ms"),
                 [[kind, phase, f"{min(runs[kind, phase]) * 1e3:.2f}"] for kind, phase in order])
+
+
+def changed_functions(source, tapped):
+    """The functions of SavedModel `tapped` that `source` lacks or has otherwise."""
+    def functions(path):
+        with open(protobuf_file(path), "rb") as f:
+            library = protos.SavedModel.FromString(f.read()).meta_graphs[0].graph_def.library
+        return {f.signature.name: f for f in library.function}
+
+    before = functions(source)
+    return [function for name, function in functions(tapped).items()
+            if name not in before or before[name] != function]
+
+
+def bytes_alone(source, tapped, changed):
+    """What no rewrite with `tapped`'s output can avoid: parse the input, serialize the
+    functions it changes or adds (`changed`), write the output with fsync. {phase: seconds}"""
+    start = time.perf_counter()
+    with open(protobuf_file(source), "rb") as f:
+        protos.SavedModel.FromString(f.read())
+    parsed = time.perf_counter()
+    for function in changed:
+        function.SerializeToString(deterministic=True)
+    serialized = time.perf_counter()
+    with open(protobuf_file(tapped), "rb") as f:
+        data = f.read()
+    written = time.perf_counter()
+    with open(os.path.join(FLAGS.workdir, "bytes_alone.pb"), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"parse the input": parsed - start, "serialize what changed": serialized - parsed,
+            "write the output": time.perf_counter() - written}
 
 
 def main(_):
