@@ -149,22 +149,22 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
             _write_file(path, data)
 
 
-def _chunks(message, splice, layout, edits):
-    """The bytes of `message` (a SavedModel or GraphDef), in chunks: spliced from the
+def _chunks(proto, splice, layout, edits):
+    """The bytes of `proto` (a SavedModel or GraphDef), in chunks: spliced from the
     input's bytes by `splice` (wire.splice_saved_model or wire.splice_graph_def) given
     their wire.Layout and the wire.Edits, or serialized whole where that cannot be done."""
     chunks = None
     if layout is not None and edits is not None:
-        chunks = splice(layout, message, edits)
+        chunks = splice(layout, proto, edits)
     if chunks is None:
         if layout is not None:
-            wire.fill_stubs(layout, message)
-        return [_serialize(message)]
+            wire.fill_stubs(layout, proto)
+        return [_serialize(proto)]
     if os.environ.get(VERIFY_SPLICE_ENV) == "1":
-        wire.fill_stubs(layout, message)  # what the splice copied as read
-        if type(message).FromString(b"".join(chunks)) != message:
+        wire.fill_stubs(layout, proto)  # what the splice copied as read
+        if type(proto).FromString(b"".join(chunks)) != proto:
             raise errors.GraphtapError(
-                f"graphtap bug, please report: the spliced {type(message).DESCRIPTOR.name} "
+                f"graphtap bug, please report: the spliced {type(proto).DESCRIPTOR.name} "
                 "differs from the rewritten one")
     return chunks
 

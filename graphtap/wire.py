@@ -17,7 +17,7 @@ function into its stub when it is first looked up (index.FunctionLibrary).
 
 import dataclasses
 
-from google.protobuf import message
+from google.protobuf.message import DecodeError
 
 try:
     from google.protobuf import unknown_fields
@@ -180,7 +180,7 @@ def fill_stub(layout, function):
         return
     try:
         function.MergeFromString(layout.data[span[0]:span[1]])
-    except message.DecodeError as error:
+    except DecodeError as error:
         raise errors.CorruptModel(
             f"function '{function.signature.name}' is not a valid FunctionDef: {error}"
         ) from None
