@@ -326,8 +326,9 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
 
 
 def _edits(rewrite):
-    """The wire.Edits of what a TapRewrite changed in the input's functions and nodes."""
-    return wire.Edits(functions=frozenset(rewrite.edited_in_place),
+    """The wire.Edits of what a TapRewrite changed in the input's functions (those edited
+    in place, and those taken to be a clone) and nodes."""
+    return wire.Edits(functions=frozenset(rewrite.edited_in_place | rewrite.origins.keys()),
                       nodes=frozenset(rewrite.edited_nodes))
 
 

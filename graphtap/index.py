@@ -177,8 +177,13 @@ class FunctionLibrary(dict):
     `in` and iteration read names only; a copy (dict(...)) would hold stubs."""
 
     def __init__(self, graph_def, layout=None):
-        super().__init__((f.signature.name, f) for f in graph_def.library.function)
-        self._layout = layout if layout is not None and layout.stubs else None
+        functions = graph_def.library.function
+        super().__init__((f.signature.name, f) for f in functions)
+        self._library = graph_def.library
+        self._layout = layout
+        self._spans = {}  # {name: (start, end)} of each function's bytes in the input
+        if layout is not None and len(layout.function_records) == len(functions) == len(self):
+            self._spans = dict(zip(self, layout.function_spans()))
 
     def __getitem__(self, name):
         function = dict.__getitem__(self, name)
@@ -194,6 +199,21 @@ class FunctionLibrary(dict):
 
     def items(self):
         return [(name, self[name]) for name in self]
+
+    def take(self, name):
+        """The function `name`, for the caller to rename and edit as a copy of it; in its
+        place, a stub appended to the library stands for the function as it was read,
+        and the writer copies its bytes from the input. None when there are none to copy
+        (the caller must then copy the function)."""
+        span = self._spans.pop(name, None)
+        if span is None:
+            return None
+        function = self[name]
+        stub = self._library.function.add()
+        stub.signature.name = name
+        self._layout.stubs[name] = span
+        dict.__setitem__(self, name, stub)
+        return function
 
 
 class GraphIndex:

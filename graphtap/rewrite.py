@@ -242,8 +242,11 @@ class TapRewrite:
         if function is None:
             return None
         if function in clones:
-            clone = self.graph_def.library.function.add()
-            clone.CopyFrom(self.functions[function])
+            # Taken: the function itself becomes the copy, which spares copying it.
+            clone = self.functions.take(function)
+            if clone is None:
+                clone = self.graph_def.library.function.add()
+                clone.CopyFrom(self.functions[function])
             clone.signature.name = clones[function]
             self._bodies[clone.signature.name] = clone
             return clone

@@ -44,7 +44,8 @@ class Edits:
     """What a rewrite changed in one meta graph, beyond its small parts (signatures,
     object graph, ...), which are always re-serialized.
 
-    functions: names of the input's functions whose FunctionDef changed.
+    functions: names of the functions, at the input's positions, whose FunctionDef changed:
+      edited in place, or taken to become a clone (index.FunctionLibrary.take).
     nodes: positions of the input's outer-graph nodes that changed.
     Functions and nodes the rewrite appended are always serialized.
     """
@@ -282,9 +283,18 @@ def _graph_chunks(layout, graph_def, edits):
     functions = graph_def.library.function
     edited_functions = {position for position in range(len(layout.function_records))
                         if functions[position].signature.name in edits.functions}
+    def write_function(out, number, function):
+        span = layout.stubs.get(function.signature.name)
+        if span is None:
+            out.add_message(number, function)
+        else:  # a function moved as it was read (index.FunctionLibrary.take)
+            out.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(span[1] - span[0]))
+            out.copy(*span)
+
     _add_records(library, layout.library_records, _LIBRARY_FUNCTION,
                  len(layout.function_records), functions, edited_functions,
-                 lambda r: library.copy(r[2], r[4]))  # gradients
+                 lambda r: library.copy(r[2], r[4]),  # gradients
+                 write_function)
 
     def other(r):  # versions, debug_info: never edited
         if r[0] == _GRAPH_LIBRARY:
@@ -367,14 +377,15 @@ def _without_graph_def(meta_graph):
     return shell
 
 
-def _add_records(out, message_records, number, count, elements, edited, other):
+def _add_records(out, message_records, number, count, elements, edited, other,
+                 write=_Chunks.add_message):
     """Adds the records of a message to `out`: the `count` of repeated field `number`
-    (whose messages are `elements`) as spans of the input, or re-serialized at the
-    positions in `edited`, then, after the last, the elements appended past the input's;
-    `other(record)` adds each record of another field."""
+    (whose messages are `elements`) as spans of the input, or written by
+    `write(out, number, element)` at the positions in `edited`, then, after the last, the
+    elements appended past the input's; `other(record)` adds each record of another field."""
     if count and all(r[0] != number for r in message_records[count:]):
         # The usual layout, the field's `count` records first: visit only the edited ones.
-        _add_leading_records(out, message_records[:count], number, elements, edited)
+        _add_leading_records(out, message_records[:count], number, elements, edited, write)
         for r in message_records[count:]:
             other(r)
         return
@@ -394,31 +405,31 @@ def _add_records(out, message_records, number, count, elements, edited, other):
             if r[0] != number:
                 other(r)
                 continue
-            out.add_message(number, elements[position])
+            write(out, number, elements[position])
             position += 1
         if position == count:
             if span is not None:
                 out.copy(*span)
                 span = None
             for appended in range(count, len(elements)):
-                out.add_message(number, elements[appended])
+                write(out, number, elements[appended])
             position += 1  # past count: appended only once
     if span is not None:
         out.copy(*span)
 
 
-def _add_leading_records(out, element_records, number, elements, edited):
+def _add_leading_records(out, element_records, number, elements, edited, write):
     """_add_records for a message whose first records are all of field `number`."""
     start = 0  # the first record not yet added
     for position in sorted(p for p in edited if p < len(element_records)):
         if position > start:
             out.copy(element_records[start][2], element_records[position - 1][4])
-        out.add_message(number, elements[position])
+        write(out, number, elements[position])
         start = position + 1
     if start < len(element_records):
         out.copy(element_records[start][2], element_records[-1][4])
     for appended in range(len(element_records), len(elements)):
-        out.add_message(number, elements[appended])
+        write(out, number, elements[appended])
 
 
 def length_delimited(number, payload):
