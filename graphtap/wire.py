@@ -283,6 +283,7 @@ def _graph_chunks(layout, graph_def, edits):
     functions = graph_def.library.function
     edited_functions = {position for position in range(len(layout.function_records))
                         if functions[position].signature.name in edits.functions}
+
     def write_function(out, number, function):
         span = layout.stubs.get(function.signature.name)
         if span is None:
