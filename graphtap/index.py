@@ -298,14 +298,14 @@ class GraphIndex:
     def candidates_from(self, root_nodes, outer_tensors=True, keep=None):
         """Every tensor computed to produce `root_nodes` (outer-graph node names).
 
-        `outer_tensors=False` leaves out the outer graph's own tensors: in a TF2 signature
-        those are only its inputs and the call node's outputs, and the TF2 loader takes a
-        signature's outputs from its function alone.
+        `outer_tensors=False` leaves out the outer graph's own tensors and follows only the
+        calls the root nodes themselves make: a TF2 signature's outputs are those of one
+        call node, and the TF2 loader runs its function alone, not the graph around it.
 
         `keep`, a select.Prefilter, if given, says which nodes may be wanted: only their
         outputs become candidates, which spares resolving every node's outputs.
         """
-        cone = self._outer_cone(root_nodes)
+        cone = self._outer_cone(root_nodes, follow_inputs=outer_tensors)
         found = []
         self._collect(None, (), None, frozenset(), found, cone, outer_tensors, keep)
         return found
@@ -316,7 +316,9 @@ class GraphIndex:
         self._collect(None, (), None, frozenset(), found, None, True, keep)
         return found
 
-    def _outer_cone(self, root_nodes):
+    def _outer_cone(self, root_nodes, follow_inputs=True):
+        """The names of the outer-graph nodes `root_nodes` and, following inputs, of every
+        node they depend on."""
         body = self.body(None)
         seen, stack = set(), list(root_nodes)
         while stack:
@@ -327,7 +329,8 @@ class GraphIndex:
             if position is None:
                 raise errors.CorruptModel(f"graph has no node '{name}'")
             seen.add(name)
-            stack.extend(node_of(ref) for ref in body.nodes[position].input)
+            if follow_inputs:
+                stack.extend(node_of(ref) for ref in body.nodes[position].input)
         return seen
 
     def _collect(self, function, calls, blocked, active, found, only, tensors, keep):
