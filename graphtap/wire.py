@@ -109,11 +109,10 @@ def stubbed(data):
     place of `data`, and the Layout of `data`, whose `stubs` say where each function's
     bytes are. None if the model has several meta graphs, no functions, or a function
     whose name is not its first field's first field (as TensorFlow writes it)."""
+    found = layout(data, 0, 1)  # None unless there is exactly one meta graph
+    if found is None or not found.function_records:
+        return None
     try:
-        meta_graphs = sum(r[0] == _SAVED_MODEL_META_GRAPHS for r in records(data))
-        found = layout(data, 0, 1) if meta_graphs == 1 else None
-        if found is None or not found.function_records:
-            return None
         return _stubbed(data, found)
     except (ValueError, IndexError):  # not a valid protobuf: parsing it will say so
         return None
@@ -133,20 +132,11 @@ def _stubbed(data, found):
         library.add(length_delimited(_LIBRARY_FUNCTION, length_delimited(
             _FUNCTION_SIGNATURE, length_delimited(_OP_DEF_NAME, name.encode()))))
     (library_record,) = [r for r in found.graph_records if r[0] == _GRAPH_LIBRARY]
-    graph = _Chunks(data)
-    graph.copy(found.graph[3], library_record[2])
-    graph.nest(_GRAPH_LIBRARY, library)
-    graph.copy(library_record[4], found.graph[4])
-    meta_graph = _Chunks(data)
-    meta_graph.copy(found.meta_graph[3], found.graph[2])
-    meta_graph.nest(_META_GRAPH_GRAPH_DEF, graph)
-    meta_graph.copy(found.graph[4], found.meta_graph[4])
-    out = _Chunks(data)
-    out.copy(0, found.meta_graph[2])
-    out.nest(_SAVED_MODEL_META_GRAPHS, meta_graph)
-    out.copy(found.meta_graph[4], len(data))
+    graph = _replacing(data, *found.graph[3:], library_record, library)
+    meta_graph = _replacing(data, *found.meta_graph[3:], found.graph, graph)
+    saved_model = _replacing(data, 0, len(data), found.meta_graph, meta_graph)
     found.stubs = stubs
-    return b"".join(out.chunks), found
+    return b"".join(saved_model.chunks), found
 
 
 def _function_name(data, start, end):
@@ -254,11 +244,8 @@ def splice_saved_model(layout, saved_model, edits):
     if graph is None:
         return None
     data = layout.data
-    out = _Chunks(data)
-    out.copy(0, layout.meta_graph[2])
-    out.nest(_SAVED_MODEL_META_GRAPHS, _meta_graph_chunks(data, meta_graph, graph))
-    out.copy(layout.meta_graph[4], len(data))
-    return out.chunks
+    return _replacing(data, 0, len(data), layout.meta_graph,
+                      _meta_graph_chunks(data, meta_graph, graph)).chunks
 
 
 def splice_graph_def(layout, graph_def, edits):
@@ -289,8 +276,7 @@ def _graph_chunks(layout, graph_def, edits):
         if span is None:
             out.add_message(number, function)
         else:  # a function moved as it was read (index.FunctionLibrary.take)
-            out.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(span[1] - span[0]))
-            out.copy(*span)
+            out.copy_as(number, *span)
 
     _add_records(library, layout.library_records, _LIBRARY_FUNCTION,
                  len(layout.function_records), functions, edited_functions,
@@ -306,6 +292,16 @@ def _graph_chunks(layout, graph_def, edits):
     _add_records(graph, layout.graph_records, _GRAPH_NODE, layout.node_count, graph_def.node,
                  edits.nodes, other)
     return graph
+
+
+def _replacing(data, start, end, record, inner):
+    """The _Chunks of the message in data[start:end] with its record `record` (from
+    `records`) holding the _Chunks `inner` instead of what it held."""
+    out = _Chunks(data)
+    out.copy(start, record[2])
+    out.nest(record[0], inner)
+    out.copy(record[4], end)
+    return out
 
 
 class _Chunks:
@@ -331,9 +327,14 @@ class _Chunks:
 
     def nest(self, number, inner):
         """Adds `inner` (a _Chunks of the same input) as length-delimited field `number`."""
-        self.add(_varint(number << 3 | _LENGTH_DELIMITED) + _varint(inner.size))
+        self.add(_header(number, inner.size))
         self.parts.extend(inner.parts)
         self.size += inner.size
+
+    def copy_as(self, number, start, end):
+        """Adds data[start:end] as length-delimited field `number`."""
+        self.add(_header(number, end - start))
+        self.copy(start, end)
 
     def add_message(self, number, message):
         self.add(length_delimited(number, message.SerializeToString(deterministic=True)))
@@ -435,7 +436,12 @@ def _add_leading_records(out, element_records, number, elements, edited, write):
 
 def length_delimited(number, payload):
     """The record of field `number` holding `payload` (a message's or a string's bytes)."""
-    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+    return _header(number, len(payload)) + payload
+
+
+def _header(number, size):
+    """The tag and length that begin a length-delimited record of field `number`."""
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(size)
 
 
 _ONE_BYTE = [bytes((value,)) for value in range(0x80)]
