@@ -181,9 +181,11 @@ class FunctionLibrary(dict):
         super().__init__((f.signature.name, f) for f in functions)
         self._library = graph_def.library
         self._layout = layout
-        self._spans = {}  # {name: (start, end)} of each function's bytes in the input
+        # {name: (start, end)} of each function's bytes in the input; empty without a
+        # layout, or with one the library does not match (names given twice).
+        self.spans = {}
         if layout is not None and len(layout.function_records) == len(functions) == len(self):
-            self._spans = dict(zip(self, layout.function_spans()))
+            self.spans = dict(zip(self, layout.function_spans()))
 
     def __getitem__(self, name):
         function = dict.__getitem__(self, name)
@@ -205,7 +207,7 @@ class FunctionLibrary(dict):
         place, a stub appended to the library stands for the function as it was read,
         and the writer copies its bytes from the input. None when there are none to copy
         (the caller must then copy the function)."""
-        span = self._spans.pop(name, None)
+        span = self.spans.get(name)
         if span is None:
             return None
         function = self[name]
@@ -228,8 +230,6 @@ class GraphIndex:
         self.registry = OpRegistry(stripped_op_list, self.functions)
         self._bodies = {}
         self._layout = layout
-        if layout is not None and len(layout.function_records) != len(self.functions):
-            self._layout = None
 
     def body_nodes(self, function):
         """The nodes of a function's body, or of the outer graph for None."""
@@ -266,14 +266,14 @@ class GraphIndex:
     def _mentioning(self, names):
         """The functions whose bytes mention one of `names` (a function cannot refer to a
         name without holding its bytes); every function, without a layout."""
-        if self._layout is None:
+        spans = self.functions.spans
+        if not spans:
             return self.functions
         if not names:
             return set()
         pattern = re.compile(b"|".join(re.escape(name.encode()) for name in names))
         data = self._layout.data
-        return {name for name, (start, end) in zip(self.functions, self._layout.function_spans())
-                if pattern.search(data, start, end)}
+        return {name for name, (start, end) in spans.items() if pattern.search(data, start, end)}
 
     def outer_nodes_mentioning(self, name):
         """Positions of the outer-graph nodes that may refer to `name`: those whose bytes
