@@ -117,13 +117,24 @@ def remove(path):
         os.unlink(path)
 
 
-def node_count(path):
+def parse_model(path):
+    """The GraphDef (a .pb file) or SavedModel at `path`, parsed."""
+    message_class = protos.GraphDef if path.endswith(".pb") else protos.SavedModel
     with open(protobuf_file(path), "rb") as f:
-        data = f.read()
-    if path.endswith(".pb"):
-        graph = protos.GraphDef.FromString(data)
-    else:
-        graph = protos.SavedModel.FromString(data).meta_graphs[0].graph_def
+        return message_class.FromString(f.read())
+
+
+def write_synced(path, data):
+    """Writes `data` to `path` and waits until it is on disk, as graphtap writes."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def node_count(path):
+    model = parse_model(path)
+    graph = model if path.endswith(".pb") else model.meta_graphs[0].graph_def
     return len(graph.node) + sum(len(function.node_def) for function in graph.library.function)
 
 
@@ -131,19 +142,14 @@ def floor(source, output):
     """What any rewrite of the file must do: read, parse, serialize, write, link.
     Returns {phase: seconds}."""
     is_graph_def = source.endswith(".pb")
-    message_class = protos.GraphDef if is_graph_def else protos.SavedModel
     start = time.perf_counter()
-    with open(protobuf_file(source), "rb") as f:
-        model = message_class.FromString(f.read())
+    model = parse_model(source)
     parsed = time.perf_counter()
     data = model.SerializeToString(deterministic=True)
     serialized = time.perf_counter()
     if not is_graph_def:
         os.makedirs(output)
-    with open(protobuf_file(output), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(protobuf_file(output), data)
     for name in ("variables", "assets") if not is_graph_def else ():
         if os.path.isdir(os.path.join(source, name)):
             shutil.copytree(os.path.join(source, name), os.path.join(output, name),
@@ -325,8 +331,7 @@ def breakdown(name):
 def changed_functions(source, tapped):
     """The functions of SavedModel `tapped` that `source` lacks or has otherwise."""
     def functions(path):
-        with open(protobuf_file(path), "rb") as f:
-            library = protos.SavedModel.FromString(f.read()).meta_graphs[0].graph_def.library
+        library = parse_model(path).meta_graphs[0].graph_def.library
         return {f.signature.name: f for f in library.function}
 
     before = functions(source)
@@ -338,8 +343,7 @@ def bytes_alone(source, tapped, changed):
     """What no rewrite with `tapped`'s output can avoid: parse the input, serialize the
     functions it changes or adds (`changed`), write the output with fsync. {phase: seconds}"""
     start = time.perf_counter()
-    with open(protobuf_file(source), "rb") as f:
-        protos.SavedModel.FromString(f.read())
+    parse_model(source)
     parsed = time.perf_counter()
     for function in changed:
         function.SerializeToString(deterministic=True)
@@ -347,10 +351,7 @@ def bytes_alone(source, tapped, changed):
     with open(protobuf_file(tapped), "rb") as f:
         data = f.read()
     written = time.perf_counter()
-    with open(os.path.join(FLAGS.workdir, "bytes_alone.pb"), "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    write_synced(os.path.join(FLAGS.workdir, "bytes_alone.pb"), data)
     return {"parse the input": parsed - start, "serialize what changed": serialized - parsed,
             "write the output": time.perf_counter() - written}
 
