@@ -18,8 +18,8 @@ def _read(model_dir):
         return f.read()
 
 
-def _canonical(data):
-    return protos.SavedModel.FromString(data).SerializeToString(deterministic=True)
+def _canonical(data, message_class=protos.SavedModel):
+    return message_class.FromString(data).SerializeToString(deterministic=True)
 
 
 def _refuse_whole_serialization(monkeypatch):
@@ -153,7 +153,7 @@ def test_a_frozen_graph_def_is_spliced_too(frozen_graph, tmp_path, monkeypatch):
     times as much as parsing it: its unchanged nodes are copied as they were read."""
     path, _ = frozen_graph
     with open(path, "rb") as f:
-        canonical = protos.GraphDef.FromString(f.read()).SerializeToString(deterministic=True)
+        canonical = _canonical(f.read(), protos.GraphDef)
     source, out = tmp_path / "frozen.pb", tmp_path / "tapped.pb"
     source.write_bytes(canonical)  # as TensorFlow writes it with deterministic=True
     _refuse_whole_serialization(monkeypatch)
@@ -162,7 +162,7 @@ def test_a_frozen_graph_def_is_spliced_too(frozen_graph, tmp_path, monkeypatch):
 
     written = out.read_bytes()
     assert report.taps
-    assert written == protos.GraphDef.FromString(written).SerializeToString(deterministic=True)
+    assert written == _canonical(written, protos.GraphDef)
     nodes_end = wire.graph_def_layout(canonical).node_spans()[-1][1]
     assert written[:nodes_end] == canonical[:nodes_end]  # taps are appended after them
     assert len(written) > len(canonical)
