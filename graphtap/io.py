@@ -296,7 +296,8 @@ def _link_exclusive(staging, output_path):
     try:
         os.link(staging, output_path)  # fails, atomically, if the output appeared meanwhile
     except FileExistsError:
-        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_path)
+        raise errors.OutputExists("output exists; pass --overwrite to replace it",
+                                  output_path) from None
 
 
 def _publish_dir(staging, output_dir, overwrite):
@@ -312,4 +313,5 @@ def _publish_dir(staging, output_dir, overwrite):
         try:
             os.rename(staging, output_dir)
         except OSError:  # an empty directory appeared under the name meanwhile
-            raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
+            raise errors.OutputExists("output exists; pass --overwrite to replace it",
+                                      output_dir) from None

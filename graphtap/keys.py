@@ -29,7 +29,7 @@ def assign_keys(selected, existing_keys):
     for candidate, chosen in selected:
         by_tensor[candidate.tensor_key].append((candidate, chosen))
     taken = set(existing_keys)
-    for candidate, chosen in selected:
+    for _, chosen in selected:
         if chosen is None:
             continue
         if not VALID_KEY.match(chosen):

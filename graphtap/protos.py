@@ -81,7 +81,8 @@ def _pool():
     try:
         return _private_pool()
     except (ImportError, OSError, TypeError, ValueError) as error:
-        logging.debug("graphtap: private descriptor pool failed (%s); importing TensorFlow's", error)
+        logging.debug("graphtap: private descriptor pool failed (%s); importing TensorFlow's",
+                      error)
         return _tensorflow_pool()
 
 

@@ -94,7 +94,8 @@ class SignatureObjects:
             node = self.graph.nodes.add()
             node.CopyFrom(self.graph.nodes[child.node_id])
             child.node_id = len(self.graph.nodes) - 1
-        self.graph.nodes[child.node_id].bare_concrete_function.concrete_function_name = function_name
+        function = self.graph.nodes[child.node_id].bare_concrete_function
+        function.concrete_function_name = function_name
         self.graph.concrete_functions[function_name].CopyFrom(
             self.graph.concrete_functions[old_name]
         )
@@ -149,7 +150,7 @@ class TapRewrite:
 
     def __init__(self, index, signature_defs=None, objects=None, loop=None):
         self.index = index
-        self.graph_def = graph_def = index.graph_def
+        self.graph_def = index.graph_def
         self.signature_defs = signature_defs
         self.objects = objects
         self.functions = index.functions
@@ -434,7 +435,8 @@ class TapRewrite:
         wrapper = self._bodies[self.objects.function_name(key)]
         count = len(wrapper.signature.output_arg)
         if sorted(position) != list(range(count)):
-            raise errors.CorruptModel(f"signature '{key}' does not name every output of its function")
+            raise errors.CorruptModel(
+                f"signature '{key}' does not name every output of its function")
         order = sorted(range(count), key=position.get)
         if order == list(range(count)):
             return

@@ -169,7 +169,8 @@ class _Loaded:
                 meta_graph = tf.compat.v1.saved_model.load(self.session, tags, model_dir)
         except Exception as error:  # noqa: BLE001 (TensorFlow raises many kinds)
             first_line = str(error).strip().splitlines()[0][:300] if str(error) else type(error)
-            raise errors.CorruptModel(f"TensorFlow cannot load it: {first_line}", model_dir) from None
+            raise errors.CorruptModel(f"TensorFlow cannot load it: {first_line}",
+                                      model_dir) from None
         self.signature_defs = dict(meta_graph.signature_def)
 
     def run(self, path, signature, feed):

@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_make_testdata():
-    spec = importlib.util.spec_from_file_location("make_testdata", ROOT / "tools" / "make_testdata.py")
+    script = ROOT / "tools" / "make_testdata.py"
+    spec = importlib.util.spec_from_file_location("make_testdata", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

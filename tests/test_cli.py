@@ -111,7 +111,8 @@ def test_existing_output_is_refused_then_overwritten(keras_cnn, tmp_path):
     args = ("tap", f"--input={path}", f"--output={out}", "--tap_op=Relu")
     result = graphtap_cli(*args)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"graphtap: error: output exists; pass --overwrite to replace it ({out})"
+    assert result.stderr.strip() == (
+        f"graphtap: error: output exists; pass --overwrite to replace it ({out})")
     assert os.listdir(out) == ["precious.txt"]
     assert graphtap_cli(*args, "--overwrite").returncode == 0
     assert "precious.txt" not in os.listdir(out)

@@ -100,7 +100,8 @@ def test_zero_fraction_finds_a_dead_layer(tmp_path):
     x = np.random.default_rng(2).uniform(-1, 1, (20, 4)).astype("float32")
     stats = graphtap.dump(str(tmp_path / "tapped"), {"x": x}, str(tmp_path / "acts"),
                           batch_size=6, progress=False)
-    by_layer = {("dead" if "dead" in key else "alive"): s for key, s in stats.items() if s["is_tap"]}
+    by_layer = {("dead" if "dead" in key else "alive"): s
+                for key, s in stats.items() if s["is_tap"]}
     assert by_layer["dead"]["zero_fraction"] == 1.0
     assert by_layer["dead"]["channel_zero_fraction"] == [1.0, 1.0, 1.0]
     assert by_layer["alive"]["zero_fraction"] < 0.5

@@ -28,7 +28,8 @@ def profiles(keras_cnn, mobilenet_v2, nested_module, tmp_path_factory):
 def test_profile_then_tap_the_top_five(profiles, name, tmp_path):
     path, logdir, traced = profiles[name]
     [trace] = traced.files
-    assert trace.startswith(os.path.join(logdir, "plugins", "profile")) and trace.endswith(".xplane.pb")
+    assert trace.startswith(os.path.join(logdir, "plugins", "profile"))
+    assert trace.endswith(".xplane.pb")
     assert traced.times and all(t.picoseconds > 0 and t.events >= 1 for t in traced.times)
     assert sum(t.picoseconds for t in traced.times) <= traced.wall_picoseconds
     assert sum(traced.unmapped.values()) < 0.1 * traced.op_events

@@ -10,7 +10,8 @@ from conftest import ROOT
 
 
 def _make_synthetic():
-    spec = importlib.util.spec_from_file_location("make_synthetic", ROOT / "tools" / "make_synthetic.py")
+    script = ROOT / "tools" / "make_synthetic.py"
+    spec = importlib.util.spec_from_file_location("make_synthetic", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

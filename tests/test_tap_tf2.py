@@ -89,7 +89,8 @@ def test_keras_cnn_other_signature_and_objects_untouched(cnn_tapped):
     loaded = tf.saved_model.load(out)
     # The `serve` tf.function object still returns the model's single output.
     served = loaded.serve(tf.constant(IMAGES["image"]))
-    np.testing.assert_array_equal(served.numpy(), run_tf2(path, "serving_default", IMAGES)["output_0"])
+    expected = run_tf2(path, "serving_default", IMAGES)["output_0"]
+    np.testing.assert_array_equal(served.numpy(), expected)
 
 
 def test_signature_outputs_carry_dtype_and_static_shape(cnn_tapped):

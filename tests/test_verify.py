@@ -19,7 +19,8 @@ def tapped_models(keras_cnn, nested_module, tf1_builder, mobilenet_v2, tmp_path_
     for name, (path, _), options in (
         ("cnn", keras_cnn, dict(ops=["Relu", "Softmax"])),
         ("cnn_add", keras_cnn, dict(names=["cnn_1/dense_1/Relu=aaa"], mode="add")),
-        ("nested", nested_module, dict(names=["act", "mix"], signatures=["serving_default", "hidden"])),
+        ("nested", nested_module,
+         dict(names=["act", "mix"], signatures=["serving_default", "hidden"])),
         ("tf1", tf1_builder, dict(names=["hidden/Relu", "top:1"])),
         ("mobilenet", mobilenet_v2, dict(ops=["Relu6"])),
     ):

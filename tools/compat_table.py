@@ -37,7 +37,8 @@ def main():
     print("\n| consumer | works | tested by |\n|---|---|---|")
     for consumer, results in sorted(collector.consumers.items(), key=lambda kv: kv[0].lower()):
         works = "yes" if all(passed for _, passed in results) else "**no**"
-        tests = ", ".join(sorted({f"`{nodeid.split('::')[1].split('[')[0]}`" for nodeid, _ in results}))
+        names = {nodeid.split("::")[1].split("[")[0] for nodeid, _ in results}
+        tests = ", ".join(f"`{name}`" for name in sorted(names))
         print(f"| {consumer} | {works} | {tests} |")
     return status
 

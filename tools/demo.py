@@ -38,7 +38,8 @@ def main():
     print("\none inference of the tapped model's serving_default:")
     for key, value in sorted(serve(image=tf.constant(image)).items()):
         values = value.numpy().ravel()
-        print(f"  {key:24s} shape={str(tuple(value.shape)):16s} first values={np.round(values[:4], 4)}")
+        shape = str(tuple(value.shape))
+        print(f"  {key:24s} shape={shape:16s} first values={np.round(values[:4], 4)}")
 
 
 if __name__ == "__main__":
