@@ -398,8 +398,8 @@ def _manifest(model_dir, records):
                 previous = json.load(f)["taps"]
         except (OSError, ValueError, KeyError, TypeError):
             raise errors.CorruptModel("unreadable graphtap manifest", path) from None
-    fields = [field.name for field in dataclasses.fields(TapRecord)]
-    taps = previous + [{name: getattr(record, name) for name in fields} for record in records]
+    # A record's __dict__ holds its fields in order: no copy field by field.
+    taps = previous + [vars(record) for record in records]
     # One tap per line: readable, and json's C encoder does not indent.
     lines = ",\n".join("  " + _JSON.encode(tap) for tap in taps)
     return ('{"taps": [\n' + lines + "\n]}\n").encode("utf-8")
