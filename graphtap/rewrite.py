@@ -258,10 +258,10 @@ class TapRewrite:
         on_path = set(calls_on_path.values())
         own_objects = collections.defaultdict(set)
         if self.objects is not None:
+            node_ids = {key: self.objects.node_id(key) for key in {tap.signature for tap in taps}}
             for tap in taps:
-                if tap.candidate.calls and self.objects.node_id(tap.signature) is not None:
-                    wrapper = tap.candidate.calls[0].callee
-                    own_objects[wrapper].add(self.objects.node_id(tap.signature))
+                if tap.candidate.calls and node_ids[tap.signature] is not None:
+                    own_objects[tap.candidate.calls[0].callee].add(node_ids[tap.signature])
         references = self._references(on_path)
         decided = {}
         taken = set(self.functions)
