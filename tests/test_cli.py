@@ -141,24 +141,24 @@ TAP_EACH = (
     "    graphtap.list_targets(path)\n"
     "    out = f'{sys.argv[1]}/{i}' + ('.pb' if path.endswith('.pb') else '')\n"
     "    graphtap.tap(path, out, ops=['Relu'])\n"
-    "print('tensorflow' in sys.modules)\n"
+    "print('tensorflow' in sys.modules, 'numpy' in sys.modules)\n"
 )
 
 
-def test_tap_and_list_never_import_tensorflow(keras_cnn, nested_module, tf1_builder, frozen_graph,
-                                              tmp_path):
+def test_tap_and_list_never_import_tensorflow_or_numpy(keras_cnn, nested_module, tf1_builder,
+                                                       frozen_graph, tmp_path):
     inputs = [keras_cnn[0], nested_module[0], tf1_builder[0], frozen_graph[0]]
     # A fresh op-registry cache: the frozen GraphDef makes a child process fill it.
     result = _python(TAP_EACH, tmp_path / "ours", *inputs, GRAPHTAP_CACHE_DIR=str(tmp_path / "c"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "False False"
     assert sorted(os.listdir(tmp_path / "ours")) == ["0", "1", "2", "3.pb"]
     assert len(os.listdir(tmp_path / "c")) == 1
 
     # The same taps made with TensorFlow's own message classes are the same bytes.
     result = _python(TAP_EACH, tmp_path / "tf", *inputs, GRAPHTAP_PROTOS="tensorflow")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    assert result.stdout.strip() == "True True"
     for name in ("0", "1", "2"):
         ours = (tmp_path / "ours" / name / "saved_model.pb").read_bytes()
         assert ours == (tmp_path / "tf" / name / "saved_model.pb").read_bytes()
