@@ -19,7 +19,7 @@ import os
 import re
 
 from absl import logging
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import descriptor_pool, message_factory
 
 # The generated modules whose messages graphtap uses; their dependencies come along.
 _ROOT_MODULES = (
@@ -45,10 +45,7 @@ def _add_module(pool, module, root, done):
     done.add(module)
     if module.startswith("google.protobuf."):
         # Well-known types ship with protobuf itself; importing them is cheap.
-        file_descriptor = importlib.import_module(module).DESCRIPTOR
-        proto = descriptor_pb2.FileDescriptorProto()
-        file_descriptor.CopyToProto(proto)
-        pool.Add(proto)
+        pool.AddSerializedFile(importlib.import_module(module).DESCRIPTOR.serialized_pb)
         return
     path = os.path.join(root, *module.split(".")) + ".py"
     with open(path, encoding="utf-8") as f:
