@@ -138,13 +138,14 @@ def _tap(
 
     # Layer outputs and profiled nodes are found among all tensors: no prefilter then.
     keep = None if layers or profile else Prefilter(name_selectors, ops)
-    layer_map = LayerMap(index, _variable_names(meta_graph)) if layers else None
+    variable_names = _variable_names(meta_graph) if layers else ()
     taps, already = [], []
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
             control_flow.allow_control_flow_taps(index, candidates, loop)
-            picked = layer_map.select(candidates, layers) if layers else []
+            picked = (LayerMap(index, candidates, variable_names).select(candidates, layers)
+                      if layers else [])
             names_left = name_selectors
             if traces:
                 profiled, names_left = _profiled(candidates, traces, name_selectors, top_k, key)
@@ -224,17 +225,18 @@ def profile_times(input_path, logdir, signature=None, tag_set="serve"):
 
 
 def _list_targets(input_path, signatures, tag_set):
-    model = io.read(input_path)
+    model = io.read(input_path, stubs=True)
     if not model.is_saved_model:
         index = GraphIndex(model.proto)
-        return _with_layers(index.all_candidates(), LayerMap(index))
+        candidates = index.all_candidates()
+        return _with_layers(candidates, LayerMap(index, candidates))
     meta_graph = _meta_graph(model, tag_set)
-    index, objects = _index(meta_graph), _objects(meta_graph)
+    index, objects = _index(meta_graph, model.layout), _objects(meta_graph)
     found = []
     for key in _signature_keys(meta_graph, signatures, model.path):
         found += _candidates(index, meta_graph, objects, key)
     control_flow.allow_control_flow_taps(index, found, None)  # what taps without --loop
-    return _with_layers(found, LayerMap(index, _variable_names(meta_graph)))
+    return _with_layers(found, LayerMap(index, found, _variable_names(meta_graph)))
 
 
 def _with_layers(candidates, layer_map):
@@ -306,7 +308,7 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
     keep = None if layers else Prefilter(name_selectors, ops)
     try:
         candidates = index.all_candidates(keep)
-        picked = LayerMap(index).select(candidates, layers) if layers else []
+        picked = LayerMap(index, candidates).select(candidates, layers) if layers else []
         selected = select(candidates, name_selectors, ops, exclude, picked)
     except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
         if keep is not None:

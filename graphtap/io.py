@@ -41,8 +41,8 @@ def read(path, stubs=False):
 
     stubs: where wire.stubbed can, leave each function of a SavedModel's library as a stub
       holding its name, for an index.FunctionLibrary to parse when it is looked up; the
-      Model's layout then lists them. Only for a rewrite that reads functions through
-      a GraphIndex and writes with that layout.
+      Model's layout then lists them. Only for a caller that reads functions through a
+      GraphIndex given that layout (and, to write, writes with it).
     """
     if not os.path.lexists(path):
         raise errors.InputNotFound("no such file or directory", path)

@@ -27,9 +27,12 @@ _NOT_OUTPUTS = frozenset({"Const", "ReadVariableOp", "VarHandleOp", "NoOp"})
 class LayerMap:
     """Layer names and outputs of the candidates of one meta graph."""
 
-    def __init__(self, index, variable_names=()):
+    def __init__(self, index, candidates, variable_names=()):
+        """Scopes are read from the functions that hold `candidates` (index.Candidate), so
+        that functions no signature runs (`_traced_save`, ...) need not be parsed."""
         self.index = index
-        self._strip, self.found = _read_scopes(index, variable_names)
+        functions = {c.function for c in candidates if c.function is not None}
+        self._strip, self.found = _read_scopes(index, functions, variable_names)
         self._outputs = {}  # function -> {(node, output ref)} leaving their layer's scope
 
     def layer_of(self, candidate):
@@ -118,13 +121,13 @@ def _canonical(ref, function):
     return ref
 
 
-def _read_scopes(index, variable_names):
+def _read_scopes(index, functions, variable_names):
     """(whether layer scopes carry TensorFlow's `_N` suffix, whether there are Keras layer
-    scopes at all), judged by the layers that have variables: the second components of
-    node names must name some of them, with or without the suffix."""
+    scopes at all), judged in `functions` by the layers that have variables: the second
+    components of node names must name some of them, with or without the suffix."""
     layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
     scopes = set()
-    for function in index.functions:
+    for function in sorted(functions):
         for name in index.body(function).names:
             parts = name.split("/")
             if len(parts) >= 3:
