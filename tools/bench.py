@@ -367,8 +367,9 @@ def lower_bound(tapped, changed):
     start = time.perf_counter()
     parsed_functions = [protos.FunctionDef.FromString(data) for data, _ in changed]
     parsed = time.perf_counter()
-    for function in parsed_functions:  # as index._Body reads them: a list of each
-        _ = [node.name for node in function.node_def], [node.op for node in function.node_def]
+    for function in parsed_functions:  # as index._Body reads them, the fastest way measured
+        nodes = list(function.node_def)
+        _ = [node.name for node in nodes], [node.op for node in nodes]
     read = time.perf_counter()
     for _, function in changed:
         function.SerializeToString(deterministic=True)
