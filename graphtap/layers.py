@@ -127,7 +127,7 @@ def _read_scopes(index, functions, variable_names):
     components of node names must name some of them, with or without the suffix."""
     layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
     scopes = set()
-    for function in sorted(functions):
+    for function in functions:
         for name in index.body(function).names:
             parts = name.split("/")
             if len(parts) >= 3:
