@@ -75,7 +75,8 @@ class Layout:
         libraries = [r for r in self.graph_records if r[0] == _GRAPH_LIBRARY]
         if len(libraries) > 1:
             raise ValueError("the function library is not one record")
-        self.library_records = records(data, *libraries[0][3:]) if libraries else []
+        self.library = libraries[0] if libraries else None  # the library's record
+        self.library_records = records(data, *self.library[3:]) if libraries else []
         self.function_records = [r for r in self.library_records if r[0] == _LIBRARY_FUNCTION]
 
     def function_spans(self):
@@ -131,8 +132,7 @@ def _stubbed(data, found):
         stubs[name] = (r[3], r[4])
         library.add(length_delimited(_LIBRARY_FUNCTION, length_delimited(
             _FUNCTION_SIGNATURE, length_delimited(_OP_DEF_NAME, name.encode()))))
-    (library_record,) = [r for r in found.graph_records if r[0] == _GRAPH_LIBRARY]
-    graph = _replacing(data, *found.graph[3:], library_record, library)
+    graph = _replacing(data, *found.graph[3:], found.library, library)
     meta_graph = _replacing(data, *found.meta_graph[3:], found.graph, graph)
     saved_model = _replacing(data, 0, len(data), found.meta_graph, meta_graph)
     found.stubs = stubs
