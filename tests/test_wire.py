@@ -22,6 +22,17 @@ def _canonical(data, message_class=protos.SavedModel):
     return message_class.FromString(data).SerializeToString(deterministic=True)
 
 
+def _variant(source, path, meta_graph):
+    """A copy of SavedModel directory `source` at `path` (returned as a str) whose
+    saved_model.pb holds the bytes `meta_graph` as its one meta graph, however they are
+    laid out."""
+    shutil.copytree(source, path)
+    (path / "saved_model.pb").write_bytes(
+        protos.SavedModel(saved_model_schema_version=1).SerializeToString()
+        + wire.length_delimited(2, meta_graph))
+    return str(path)
+
+
 def _refuse_whole_serialization(monkeypatch):
     def refuse(message):
         raise AssertionError("saved_model.pb was serialized whole, not spliced")
@@ -72,11 +83,7 @@ def test_a_layout_it_does_not_follow_is_serialized_whole(keras_cnn, tmp_path):
     source, _ = keras_cnn
     saved_model = protos.SavedModel.FromString(_read(source))
     meta_graph = saved_model.meta_graphs[0].SerializeToString(deterministic=True)
-    odd = str(tmp_path / "odd")
-    shutil.copytree(source, odd)
-    with open(f"{odd}/saved_model.pb", "wb") as f:
-        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
-                + wire.length_delimited(2, meta_graph + wire.length_delimited(2, b"")))
+    odd = _variant(source, tmp_path / "odd", meta_graph + wire.length_delimited(2, b""))
     assert wire.layout(_read(odd), 0, 1) is None
 
     graphtap.tap(odd, str(tmp_path / "from_odd"), ops=["Relu"])
@@ -107,11 +114,7 @@ def test_fields_of_a_newer_tensorflow_survive(keras_cnn, tmp_path):
     untouched = next(f for f in meta_graph.graph_def.library.function
                      if "_traced_save" in f.signature.name)  # on no path from a signature
     untouched.MergeFromString(newer_field)
-    newer = str(tmp_path / "newer")
-    shutil.copytree(source, newer)
-    with open(f"{newer}/saved_model.pb", "wb") as f:
-        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
-                + wire.length_delimited(2, meta_graph.SerializeToString() + newer_field))
+    newer = _variant(source, tmp_path / "newer", meta_graph.SerializeToString() + newer_field)
 
     graphtap.tap(newer, str(tmp_path / "out"), ops=["Relu"])
 
@@ -131,12 +134,9 @@ def test_a_graph_with_its_library_first_is_spliced_in_its_own_order(keras_cnn, t
                    + b"".join(wire.length_delimited(1, n.SerializeToString()) for n in graph.node)
                    + wire.length_delimited(4, graph.versions.SerializeToString()))
     meta_graph.ClearField("graph_def")
-    reordered = str(tmp_path / "reordered")
-    shutil.copytree(source, reordered)
-    with open(f"{reordered}/saved_model.pb", "wb") as f:
-        f.write(protos.SavedModel(saved_model_schema_version=1).SerializeToString()
-                + wire.length_delimited(2, meta_graph.SerializeToString(deterministic=True)
-                                        + wire.length_delimited(2, graph_bytes)))
+    reordered = _variant(source, tmp_path / "reordered",
+                         meta_graph.SerializeToString(deterministic=True)
+                         + wire.length_delimited(2, graph_bytes))
     graphtap.tap(source, str(tmp_path / "from_source"), ops=["Relu"], mode="add")
     _refuse_whole_serialization(monkeypatch)
 
