@@ -14,7 +14,7 @@ from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
 from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
 
-MANIFEST = os.path.join("assets.extra", "graphtap.json")
+MANIFEST = io.OUTPUT_MARK
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -74,7 +74,11 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
       `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
     tag_set: tags of the meta graph to tap, comma-separated.
-    overwrite: replace an existing output.
+    overwrite: replace an existing output (one graphtap wrote: a SavedModel holding its
+      manifest, or a file).
+    link_variables: hard-link the variables into the output instead of copying them,
+      where the filesystem allows. Safe only if neither model is ever written to:
+      TensorFlow rewrites `variables.index` in place, through every link.
 
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
@@ -98,6 +102,7 @@ def _tap(
     tag_set="serve",
     tapped_signature=None,
     overwrite=False,
+    link_variables=False,
 ):
     if mode not in ("extend", "add"):
         raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
@@ -108,7 +113,7 @@ def _tap(
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     layers = [layers] if isinstance(layers, str) else list(layers or ())
     model = io.read(input_path, stubs=True)
-    io.check_output(input_path, output_path, overwrite)
+    io.check_output(input_path, output_path, overwrite, is_directory=model.is_saved_model)
     if not model.is_saved_model:
         if profile:
             raise errors.GraphtapError("profiles map onto SavedModel signatures; this is a "
@@ -168,7 +173,7 @@ def _tap(
     records = [_record(t, sources[t.signature]) for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite,
-                         layout, _edits(rewrite))
+                         layout, _edits(rewrite), link_variables)
     return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))),
                   tuple(warnings))
 

@@ -53,7 +53,11 @@ flags.DEFINE_enum("mode", "extend", ["extend", "add"], "tap: `extend` adds the t
                   "signature; `add` leaves it untouched and adds <signature>_tapped.")
 flags.DEFINE_string("tapped_signature", None, "tap, --mode=add: name of the new signature.")
 flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-separated.")
-flags.DEFINE_bool("overwrite", False, "tap: replace an existing output.")
+flags.DEFINE_bool("overwrite", False, "tap, dump: replace an existing output that graphtap "
+                  "wrote.")
+flags.DEFINE_bool("link_variables", False, "tap: hard-link the variables into the output "
+                  "instead of copying them. Safe only if neither model is ever written to: "
+                  "TensorFlow rewrites variables.index in place, through every link.")
 flags.DEFINE_string("original", None, "verify: the SavedModel that was tapped.")
 flags.DEFINE_string("tapped", None, "verify: the tapped SavedModel.")
 flags.DEFINE_multi_string("inputs", [], "verify, dump: NAME=FILE.npy, data for the signature "
@@ -107,6 +111,7 @@ def main(argv):
             tag_set=FLAGS.tag_set,
             tapped_signature=FLAGS.tapped_signature,
             overwrite=FLAGS.overwrite,
+            link_variables=FLAGS.link_variables,
         )
         _print_report(report)
     else:
@@ -291,6 +296,9 @@ def _main_with_errors(argv):
     try:
         main(argv)
     except errors.GraphtapError as error:
+        if isinstance(error, errors.OutputExists) and error.what == "output exists":
+            error = errors.OutputExists("output exists; pass --overwrite to replace it",
+                                        error.where)
         print(f"graphtap: error: {error}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # output piped into `head` and the like

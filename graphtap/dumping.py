@@ -57,7 +57,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     if save not in ("stats", "npz"):
         raise errors.GraphtapError(f"save must be 'stats' or 'npz', not '{save}'")
     runner = _Runner(model_dir, signature, tag_set)
-    with io.staged_directory(out_dir, overwrite) as staging:
+    with io.staged_directory(out_dir, overwrite, STATS_FILE, [model_dir]) as staging:
         stats = {}
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None

@@ -55,3 +55,7 @@ class OutputExists(GraphtapError):
 
 class OutputInsideInput(GraphtapError):
     """The output is the input, or lies inside it."""
+
+
+class UnsafeInput(GraphtapError):
+    """The input holds what graphtap never reads: a link out of it, a FIFO, a device."""

@@ -18,13 +18,15 @@ def export(model_or_module, export_dir, signatures=None, overwrite=False, **tap_
 
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.export-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=".graphtap-export-", dir=parent)
     try:
         saved = os.path.join(staging, "saved_model")
         if hasattr(model_or_module, "export") and signatures is None:
             model_or_module.export(saved, verbose=False)
         else:
             tf.saved_model.save(model_or_module, saved, signatures=signatures)
-        return api.tap(saved, export_dir, overwrite=overwrite, **tap_options)
+        # The untapped copy is removed below, so the output may take its variables' files.
+        return api.tap(saved, export_dir, overwrite=overwrite, link_variables=True,
+                       **tap_options)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,19 +8,19 @@ run leaves either the whole output or nothing under the output's name.
 import contextlib
 import dataclasses
 import os
-import secrets
-import shutil
-import tempfile
 
 from google.protobuf import message, text_format
 
-from graphtap import errors, protos, wire
+from graphtap import errors, protos, staging, source_files, wire
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
 FINGERPRINT_PB = "fingerprint.pb"
 VARIABLES_INDEX = os.path.join("variables", "variables.index")
 TEXT_SUFFIXES = (".pbtxt", ".txt")
+# Every SavedModel graphtap writes holds its manifest: an existing output without one is
+# not graphtap's, and is never replaced.
+OUTPUT_MARK = os.path.join("assets.extra", "graphtap.json")
 # Set to 1, every spliced write is checked against the whole rewritten message (tests do).
 VERIFY_SPLICE_ENV = "GRAPHTAP_VERIFY_SPLICE"
 
@@ -87,11 +87,7 @@ _VARIABLE_OPS = frozenset({"VarHandleOp", "VariableV2", "Variable"})
 
 def _parse(path, message_class, text, stubs=False):
     """(the message, the file's bytes, the wire.Layout listing its stubs or None)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as error:
-        raise errors.NotAModel(f"cannot read: {error.strerror}", path) from None
+    data = source_files.read_regular(path)
     try:
         if text:
             return text_format.Parse(data.decode("utf-8"), message_class()), data, None
@@ -105,48 +101,41 @@ def _parse(path, message_class, text, stubs=False):
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
 
 
-def check_output(input_path, output_path, overwrite):
-    """Refuses outputs that would overwrite, or lie inside, or contain the input."""
-    source = os.path.realpath(input_path)
-    target = os.path.realpath(output_path)
-    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+def check_output(input_path, output_path, overwrite, is_directory=True, mark=OUTPUT_MARK):
+    """Refuses outputs that are the input, lie inside it, or contain it (judged by device
+    and inode, which bind mounts and symbolic links do not fool), and existing outputs
+    unless `overwrite` and staging.check_replaceable allows (`is_directory`, `mark`)."""
+    if staging.lies_within(output_path, input_path):
         raise errors.OutputInsideInput("output is the input or lies inside it", output_path)
-    if source.startswith(target.rstrip(os.sep) + os.sep):
-        raise errors.OutputInsideInput("output contains the input", output_path)
-    if os.path.lexists(output_path) and not overwrite:
-        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_path)
+    if os.path.lexists(output_path):
+        staging.check_replaceable(output_path, overwrite, is_directory, mark, [input_path])
 
 
 def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite,
-                      layout=None, edits=None):
-    """Writes `saved_model` with the input's other files (variables, assets: hard-linked
-    where the filesystem allows) and `extra_files` ({relative path: bytes}).
+                      layout=None, edits=None, link_variables=False):
+    """Writes `saved_model` with copies of the input's other files (variables, assets)
+    and `extra_files` ({relative path: bytes}).
 
     layout, edits: the wire.Layout of the bytes `saved_model` was parsed from, and a
       wire.Edits of what has changed since; the unchanged parts are then copied from
       those bytes, not serialized again.
+    link_variables: hard-link the variables instead of copying them, where the
+      filesystem allows: safe only if neither model is ever written to.
 
     `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
     """
     chunks = _chunks(saved_model, wire.splice_saved_model, layout, edits)
     check_output(input_dir, output_dir, overwrite)
-    with staged_directory(output_dir, overwrite) as staging:
-        skip = {SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB}
-        for name in sorted(os.listdir(input_dir)):
-            if name in skip:
-                continue
-            source, target = os.path.join(input_dir, name), os.path.join(staging, name)
-            if os.path.isdir(source):
-                shutil.copytree(source, target, copy_function=_link_or_copy)
-            else:
-                _link_or_copy(source, target)
-        _write_file(os.path.join(staging, SAVED_MODEL_PB), *chunks)
+    with staging.staged_output(output_dir, overwrite, mark=OUTPUT_MARK,
+                               protect=[input_dir]) as staged:
+        source_files.copy_tree(input_dir, staged.path, staged,
+                            skip={SAVED_MODEL_PB, SAVED_MODEL_PBTXT, FINGERPRINT_PB},
+                            link_dirs={"variables"} if link_variables else ())
+        _write_file(staged, os.path.join(staged.path, SAVED_MODEL_PB), chunks)
         for relative, data in extra_files.items():
-            path = os.path.join(staging, relative)
+            path = os.path.join(staged.path, relative)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            if os.path.exists(path):
-                os.unlink(path)  # may be a hard link to the input's file
-            _write_file(path, data)
+            _write_file(staged, path, [data])
 
 
 def _chunks(proto, splice, layout, edits):
@@ -170,101 +159,28 @@ def _chunks(proto, splice, layout, edits):
 
 
 @contextlib.contextmanager
-def staged_directory(output_dir, overwrite):
-    """Yields a new directory beside `output_dir` to fill; renames it to `output_dir` when
-    the block ends without an error, and removes it otherwise."""
-    if os.path.lexists(output_dir) and not overwrite:
-        raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    _remove_abandoned(parent, os.path.basename(output_dir))
-    staging = _create_staged(output_dir, _make_dir)
-    try:
-        yield staging
-        _publish_dir(staging, output_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def staged_directory(output_dir, overwrite, mark, protect=()):
+    """Yields a new directory to fill, published at `output_dir` when the block ends
+    without an error (staging.staged_output: `mark` names the file every such output
+    holds, `protect` the inputs). Files written into it need no record: the block's
+    caller owns them."""
+    for input_path in protect:
+        check_output(input_path, output_dir, overwrite, mark=mark)
+    with staging.staged_output(output_dir, overwrite, mark=mark, protect=protect) as staged:
+        yield staged.path
 
 
 def write_graph_def(graph_def, input_path, output_path, overwrite, layout=None, edits=None):
     """Writes a GraphDef, as text if `output_path` ends in .pbtxt or .txt. layout, edits:
     as for write_saved_model."""
-    check_output(input_path, output_path, overwrite)
+    check_output(input_path, output_path, overwrite, is_directory=False)
     if output_path.endswith(TEXT_SUFFIXES):
         chunks = [text_format.MessageToString(graph_def).encode("utf-8")]
     else:
         chunks = _chunks(graph_def, wire.splice_graph_def, layout, edits)
-    parent = os.path.dirname(os.path.abspath(output_path))
-    os.makedirs(parent, exist_ok=True)
-    _remove_abandoned(parent, os.path.basename(output_path))
-    fd, staging = _create_staged(output_path, _make_file)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_all(f, chunks)
-        if overwrite:
-            os.replace(staging, output_path)
-        else:
-            _link_exclusive(staging, output_path)
-    finally:
-        if os.path.lexists(staging):
-            os.unlink(staging)
-
-
-def _create_staged(output_path, create):
-    """`create(path)` for a new name beside `output_path` (see _staging_prefix). Unlike
-    mkdtemp's 0700 and mkstemp's 0600, `create` asks for the usual modes and the kernel
-    applies the umask, so other users can read the output as they could any new file."""
-    parent = os.path.dirname(os.path.abspath(output_path))
-    for _ in range(100):
-        path = os.path.join(parent, _staging_prefix(output_path) + secrets.token_hex(6))
-        try:
-            return create(path)
-        except FileExistsError:
-            continue
-    raise errors.OutputExists("no free name to stage the output beside it", output_path)
-
-
-def _make_dir(path):
-    os.mkdir(path, 0o777)
-    return path
-
-
-def _make_file(path):
-    """(a descriptor open for writing, `path`)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    return os.open(path, flags, 0o666), path
-
-
-def _staging_prefix(output_path):
-    """Names what a write stages beside `output_path`: `.NAME.graphtap-PID-...`."""
-    return f".{os.path.basename(output_path)}.graphtap-{os.getpid()}-"
-
-
-def _remove_abandoned(parent, name):
-    """Removes what writes of `name` staged in `parent` and left behind when their process
-    was killed: the pid in each staged name tells whether its writer still runs."""
-    prefix = f".{name}.graphtap-"
-    for entry in os.listdir(parent) if os.path.isdir(parent) else ():
-        pid = entry[len(prefix):].split("-", 1)[0] if entry.startswith(prefix) else ""
-        if not pid.isdigit() or _running(int(pid)):
-            continue
-        path = os.path.join(parent, entry)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _running(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process
-        return True
-    return True
+    with staging.staged_output(output_path, overwrite, is_directory=False,
+                               protect=[input_path]) as staged:
+        _write_file(staged, staged.path, chunks)
 
 
 def _serialize(proto):
@@ -272,46 +188,13 @@ def _serialize(proto):
     return proto.SerializeToString(deterministic=True)
 
 
-def _write_file(path, *chunks):
-    with open(path, "wb") as f:
-        _write_all(f, chunks)
-
-
-def _write_all(f, chunks):
-    """Writes `chunks` to the open file `f` and waits until they are on disk."""
-    f.writelines(chunks)
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _link_or_copy(source, target):
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-    return target
-
-
-def _link_exclusive(staging, output_path):
-    try:
-        os.link(staging, output_path)  # fails, atomically, if the output appeared meanwhile
-    except FileExistsError:
-        raise errors.OutputExists("output exists; pass --overwrite to replace it",
-                                  output_path) from None
-
-
-def _publish_dir(staging, output_dir, overwrite):
-    if os.path.lexists(output_dir):
-        if not overwrite:
-            raise errors.OutputExists("output exists; pass --overwrite to replace it", output_dir)
-        old = tempfile.mkdtemp(prefix=_staging_prefix(output_dir) + "old-",
-                               dir=os.path.dirname(staging))
-        os.rename(output_dir, os.path.join(old, "previous"))
-        os.rename(staging, output_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        try:
-            os.rename(staging, output_dir)
-        except OSError:  # an empty directory appeared under the name meanwhile
-            raise errors.OutputExists("output exists; pass --overwrite to replace it",
-                                      output_dir) from None
+def _write_file(staged, path, chunks):
+    """Writes `chunks` to the new file `path` in a staging.Staged (replacing a copy of the
+    input's file there) and records it."""
+    if os.path.lexists(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    with os.fdopen(fd, "wb") as f:
+        f.writelines(chunks)
+        f.flush()
+        staged.add(path, f.fileno())

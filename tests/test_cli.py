@@ -114,8 +114,16 @@ def test_existing_output_is_refused_then_overwritten(keras_cnn, tmp_path):
     assert result.stderr.strip() == (
         f"graphtap: error: output exists; pass --overwrite to replace it ({out})")
     assert os.listdir(out) == ["precious.txt"]
+    # --overwrite replaces only what graphtap wrote.
+    result = graphtap_cli(*args, "--overwrite")
+    assert result.returncode == 2 and "graphtap did not write" in result.stderr
+    assert os.listdir(out) == ["precious.txt"]
+    (out / "precious.txt").unlink()
+    out.rmdir()
+    assert graphtap_cli("tap", f"--input={path}", f"--output={out}", "--tap_op=Softmax"
+                        ).returncode == 0
     assert graphtap_cli(*args, "--overwrite").returncode == 0
-    assert "precious.txt" not in os.listdir(out)
+    assert '"op": "Relu"' in (out / "assets.extra" / "graphtap.json").read_text()
     assert sorted(os.listdir(tmp_path)) == ["tapped"]
 
 
