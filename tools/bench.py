@@ -8,14 +8,18 @@ Reported, as median (min-max) over --repeats runs, alternated, in this process:
 
   floor      read saved_model.pb, parse it, serialize it (deterministically, as graphtap
              does), write it with fsync (as graphtap does) into a new directory and
-             hard-link the variables and assets there; for a GraphDef, the same for its
-             file, written as a file;
+             copy the variables and assets there, each file synced (a safe rewrite
+             shares no file with its input); for a GraphDef, the same for its file,
+             written as a file;
   all acts   graphtap.tap of every activation output (Relu, Relu6, Sigmoid, Swish ops);
   one name   graphtap.tap of one activation name (in the synthetic models, every leaf
              function has the same node names, so one name is a tap per leaf);
   baseline   keras.Model with the outputs of every activation layer added, then
              `export` (the Keras model already built, so neither loading nor building
              it is counted); Keras applications only.
+
+Then the cost of that copy: graphtap.tap of every activation, copying the variables (the
+default) against hard-linking them (link_variables=True), alternated, for --copy_model.
 
 Then, in child processes: the peak RSS (VmHWM) of a process that taps every activation, against
 4 x the size of saved_model.pb plus the peak RSS of `import tensorflow`; and the
@@ -54,6 +58,7 @@ flags.DEFINE_list("models", ["mobilenetv2", "resnet50", "efficientnetb0", "dense
 flags.DEFINE_integer("repeats", 5, "Runs of each in-process measurement.")
 flags.DEFINE_integer("baseline_repeats", 3, "Runs of the Keras rebuild baseline.")
 flags.DEFINE_string("cli_model", "resnet50", "Model for the whole-process CLI timing.")
+flags.DEFINE_string("copy_model", "resnet50", "Model whose variables' copy is timed.")
 flags.DEFINE_string("workdir", "/tmp/graphtap-bench", "Where models and outputs go.")
 flags.DEFINE_string("breakdown", None, "Instead of the tables: where the time of the floor and "
                     "of tapping every activation goes, phase by phase, for this model.")
@@ -141,7 +146,7 @@ def node_count(path):
 
 
 def floor(source, output):
-    """What any rewrite of the file must do: read, parse, serialize, write, link.
+    """What any safe rewrite of the file must do: read, parse, serialize, write, copy.
     Returns {phase: seconds}."""
     is_graph_def = source.endswith(".pb")
     start = time.perf_counter()
@@ -155,9 +160,34 @@ def floor(source, output):
     for name in ("variables", "assets") if not is_graph_def else ():
         if os.path.isdir(os.path.join(source, name)):
             shutil.copytree(os.path.join(source, name), os.path.join(output, name),
-                            copy_function=os.link)
+                            copy_function=copy_synced)
     return {"read and parse": parsed - start, "serialize": serialized - parsed,
-            "write and link": time.perf_counter() - serialized}
+            "write and copy": time.perf_counter() - serialized}
+
+
+def copy_synced(source, target):
+    """Copies a file (in the kernel: shutil uses sendfile) and waits until it is on disk."""
+    shutil.copyfile(source, target)
+    with open(target, "rb") as f:
+        os.fsync(f.fileno())
+    return target
+
+
+def copy_cost(name):
+    """(MiB of variables, {"copy": [seconds], "link": [seconds]}): tapping every activation
+    of model `name`, copying its variables and hard-linking them, alternated."""
+    path, output = model_path(name), output_path(name, "out")
+    ops, _ = activation_selectors(path)
+    runs = {"copy": [], "link": []}
+    for _ in range(FLAGS.repeats):
+        for measure, link in (("copy", False), ("link", True)):
+            runs[measure].append(timed(
+                lambda source, out, link=link: graphtap.tap(source, out, ops=ops,
+                                                            link_variables=link),
+                path, output))
+    variables = os.path.join(path, "variables")
+    size = sum(os.path.getsize(os.path.join(variables, f)) for f in os.listdir(variables))
+    return size / 2**20, runs
 
 
 def activation_selectors(path):
@@ -391,6 +421,7 @@ def main(_):
     for name in FLAGS.models:
         model_path(name)
 
+    model_path(FLAGS.copy_model)
     import_rss = child_peak_rss("import tensorflow")
     results = {}
     for name in FLAGS.models:
@@ -433,6 +464,12 @@ def main(_):
         ratio = statistics.median(large["runs"]["all"]) / statistics.median(small["runs"]["all"])
         print(f"scaling: synthetic_100k / synthetic_10k rewrite time {ratio:.1f} "
               f"for {large['nodes'] / small['nodes']:.1f}x the nodes\n")
+
+    mib, runs = copy_cost(FLAGS.copy_model)
+    copy_s, link_s = statistics.median(runs["copy"]), statistics.median(runs["link"])
+    print(f"copying the variables ({mib:.0f} MiB) of {FLAGS.copy_model}: tap with copies "
+          f"{summary(runs['copy'])}, with hard links {summary(runs['link'])}: the copy costs "
+          f"{(copy_s - link_s) * 1e3:.0f} ms ({mib / max(copy_s - link_s, 1e-9):.0f} MiB/s)\n")
 
     rows = [[name, f"{r['rss']:.0f} MiB", f"{4 * r['pb'] + import_rss:.0f} MiB"]
             for name, r in results.items()]
