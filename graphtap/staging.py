@@ -251,39 +251,36 @@ def _open_lock(root):
 
 
 def protected_identities(paths):
-    """The (device, inode) of each path and of every directory above it, along the path
-    as given and along its resolved form: a tree holding any of them holds the path."""
+    """The identities of `paths` and of every directory above them but the root: a tree
+    holding any of them holds one of the paths."""
     found = set()
     for path in paths:
-        for form in {os.path.abspath(path), os.path.realpath(path)}:
-            while True:
-                with contextlib.suppress(OSError):
-                    found.add(_identity(os.stat(form)))
-                up = os.path.dirname(form)
-                if up == form:
-                    break
-                form = up
+        found |= _ancestry(path)
     found.discard(_identity(os.stat(os.sep)))
     return found
 
 
 def lies_within(path, container):
-    """Whether `path` (which may not exist yet) is `container` or lies inside it, by the
-    device and inode of each existing directory above it."""
+    """Whether `path` (which may not exist yet) is `container` or lies inside it."""
     try:
-        target = _identity(os.stat(container))
+        return _identity(os.stat(container)) in _ancestry(path)
     except OSError:
         return False
+
+
+def _ancestry(path):
+    """The (device, inode) of `path`, if it exists, and of every directory above it, along
+    the path as given and along its resolved form."""
+    found = set()
     for form in {os.path.abspath(path), os.path.realpath(path)}:
         while True:
             with contextlib.suppress(OSError):
-                if _identity(os.stat(form)) == target:
-                    return True
+                found.add(_identity(os.stat(form)))
             up = os.path.dirname(form)
             if up == form:
                 break
             form = up
-    return False
+    return found
 
 
 def tree_holds(root, identities):
@@ -324,6 +321,9 @@ def sync_directory(path):
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    except OSError as error:
+        if error.errno not in _UNSUPPORTED:  # some filesystems cannot sync a directory
+            raise
     finally:
         os.close(fd)
 
