@@ -55,3 +55,7 @@ class OutputExists(GraphtapError):
 
 class OutputInsideInput(GraphtapError):
     """The output is the input, or lies inside it."""
+
+
+class BadArgument(GraphtapError):
+    """An argument has a value the operation does not take, or one that contradicts another."""
