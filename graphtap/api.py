@@ -104,8 +104,7 @@ def _tap(
     ops = [ops] if isinstance(ops, str) else list(ops or ())
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     layers = [layers] if isinstance(layers, str) else list(layers or ())
-    for source in (input_path, profile) if profile else (input_path,):
-        paths.check_not_inside(source, output_path)
+    paths.check_not_inside(input_path, output_path)
     model = io.read(input_path, stubs=True)
     io.check_output(input_path, output_path, overwrite)
     if not model.is_saved_model:
