@@ -6,7 +6,7 @@ import gc
 import json
 import os
 
-from graphtap import check, control_flow, errors, io, profiling, protos, wire
+from graphtap import check, control_flow, errors, io, paths, profiling, protos, wire
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys
@@ -104,10 +104,7 @@ def _tap(
     overwrite=False,
     link_variables=False,
 ):
-    if mode not in ("extend", "add"):
-        raise errors.GraphtapError(f"mode must be 'extend' or 'add', not '{mode}'")
-    if loop not in (None, *control_flow.MODES):
-        raise errors.GraphtapError(f"loop must be 'stack' or 'last', not '{loop}'")
+    _check_arguments(mode, loop, tapped_signature)
     name_selectors = parse_name_selectors(names)
     ops = [ops] if isinstance(ops, str) else list(ops or ())
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
@@ -116,7 +113,7 @@ def _tap(
     io.check_output(input_path, output_path, overwrite, is_directory=model.is_saved_model)
     if not model.is_saved_model:
         if profile:
-            raise errors.GraphtapError("profiles map onto SavedModel signatures; this is a "
+            raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
                                        "GraphDef", model.path)
         selectors = (name_selectors, ops, exclude, layers)
         return _tap_graph_def(model, output_path, selectors, overwrite)
@@ -133,7 +130,7 @@ def _tap(
     sources = {key: key for key in keys}
     if mode == "add":
         if tapped_signature and len(keys) > 1:
-            raise errors.GraphtapError("tapped_signature names one signature; several were given")
+            raise errors.BadArgument("tapped_signature names one signature; several were given")
         keys = [tapped_signature or f"{key}_tapped" for key in sources]
         sources = dict(zip(keys, sources))
         for key, source in sources.items():
@@ -178,6 +175,20 @@ def _tap(
                   tuple(warnings))
 
 
+def _check_arguments(mode, loop, tapped_signature):
+    """Refuses values `tap` does not take, before any file is read."""
+    if mode not in ("extend", "add"):
+        raise errors.BadArgument(f"mode must be 'extend' or 'add', not '{mode}'")
+    if loop not in (None, *control_flow.MODES):
+        raise errors.BadArgument(f"loop must be 'stack' or 'last', not '{loop}'")
+    if tapped_signature is not None and mode != "add":
+        raise errors.BadArgument("a tapped signature is named only in mode 'add'",
+                                 tapped_signature)
+    if tapped_signature == INIT_OP_SIGNATURE:
+        raise errors.BadKey("reserved signature name: TensorFlow runs it when loading, to "
+                            "initialize the model", tapped_signature)
+
+
 def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
     with _about(input_path):
@@ -212,6 +223,7 @@ def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size
     profiling.ProfileMatch. inputs: {name: array}; others are random, `batch_size`
     examples. Imports TensorFlow."""
     with _about(input_path):
+        paths.check_not_inside(input_path, logdir)
         key = profiling.run_profile(input_path, logdir, inputs, signature, runs, batch_size)
     return profile_times(input_path, logdir, key)
 
@@ -222,7 +234,7 @@ def profile_times(input_path, logdir, signature=None, tag_set="serve"):
     with _about(input_path):
         model = io.read(input_path)
         if not model.is_saved_model:
-            raise errors.GraphtapError("profiles map onto SavedModel signatures", model.path)
+            raise errors.BadArgument("profiles map onto SavedModel signatures", model.path)
         meta_graph = _meta_graph(model, tag_set)
         (key,) = _signature_keys(meta_graph, signature, model.path)
         candidates = _candidates(_index(meta_graph), meta_graph, _objects(meta_graph), key)
@@ -368,7 +380,7 @@ def _signature_keys(meta_graph, signatures, path):
         raise errors.UnknownSignature(
             f"choose a signature with --signature_def: {', '.join(available) or 'none'}", path
         )
-    keys = [signatures] if isinstance(signatures, str) else list(signatures)
+    keys = [signatures] if isinstance(signatures, str) else list(dict.fromkeys(signatures))
     for key in keys:
         if key not in available:
             raise errors.UnknownSignature(

@@ -8,18 +8,20 @@
         --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
 
 Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
-stderr, no traceback).
+stderr, no traceback), 130 when interrupted (Ctrl-C).
 """
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 
 from absl import app, flags, logging
 
 import graphtap
-from graphtap import errors, protos
+from graphtap import errors, paths, protos
 
 FLAGS = flags.FLAGS
 VERBS = ("tap", "list", "verify", "profile", "dump")
@@ -82,7 +84,7 @@ flags.DEFINE_integer("runs", 1, "verify: with N > 1, also report each signature'
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in VERBS:
-        raise errors.GraphtapError(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
+        raise errors.BadArgument(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
                                    "(see --help)")
     if argv[1] == "verify":
         _verify()
@@ -96,6 +98,9 @@ def main(argv):
     _require("input")
     if argv[1] == "tap":
         _require("output")
+        if FLAGS.tapped_signature is not None and FLAGS.mode != "add":
+            raise errors.BadArgument("--tapped_signature names the signature --mode=add adds; "
+                                     "give --mode=add")
         report = graphtap.tap(
             FLAGS.input,
             FLAGS.output,
@@ -113,7 +118,8 @@ def main(argv):
             overwrite=FLAGS.overwrite,
             link_variables=FLAGS.link_variables,
         )
-        _print_report(report)
+        with _printing(written=report.output):
+            _print_report(report)
     else:
         _list()
 
@@ -124,19 +130,21 @@ def _list():
         try:
             pattern = re.compile(FLAGS.filter)
         except re.error as error:
-            raise errors.GraphtapError(f"invalid --filter regex: {error}", FLAGS.filter) from None
+            raise errors.BadArgument(f"invalid --filter regex: {error}", FLAGS.filter) from None
         targets = [c for c in targets if pattern.search(c.name)]
     if FLAGS.format == "json":
         rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),
                  "shape": c.dims, "layer": c.layer, "layer_output": c.layer_output,
                  "function": c.function, "tappable": not c.blocked, "why_not": c.blocked}
                 for c in targets]
-        print(json.dumps(rows, indent=1))
+        with _printing():
+            print(json.dumps(rows, indent=1))
         return
     rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims),
              f"{c.layer} (output)" if c.layer_output else c.layer or "", c.function or "",
              "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
-    _print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
+    with _printing():
+        _print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
 
 
 def _named_arrays(read):
@@ -145,7 +153,7 @@ def _named_arrays(read):
     for spec in FLAGS.inputs:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise errors.GraphtapError("--inputs takes NAME=FILE.npy", spec)
+            raise errors.BadArgument("--inputs takes NAME=FILE.npy", spec)
         if not os.path.isfile(path):
             raise errors.InputNotFound("no such input file", path)
         try:
@@ -162,15 +170,16 @@ def _dump():
     _require("out")
     sources = [bool(FLAGS.inputs), bool(FLAGS.inputs_npz), bool(FLAGS.tfrecord)]
     if sum(sources) != 1:
-        raise errors.GraphtapError("give the data one way: --inputs, --inputs_npz or --tfrecord")
+        raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
     if FLAGS.tfrecord:
         if not FLAGS.feature:
-            raise errors.GraphtapError("--tfrecord needs --feature")
+            raise errors.BadArgument("--tfrecord needs --feature")
         features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in FLAGS.feature)
         data = graphtap.TFRecord(FLAGS.tfrecord, features)
     elif FLAGS.inputs_npz:
         if not os.path.isfile(FLAGS.inputs_npz):
             raise errors.InputNotFound("no such input file", FLAGS.inputs_npz)
+        paths.check_not_inside(FLAGS.inputs_npz, FLAGS.out)  # read whole: dump sees no path
         try:
             with np.load(FLAGS.inputs_npz) as archive:  # members are read whole: no mmap in zips
                 data = {name: archive[name] for name in archive.files}
@@ -187,9 +196,10 @@ def _dump():
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
             for key, s in stats.items()]
-    _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN", "Inf"),
-                 rows)
-    print(f"wrote {FLAGS.out}")
+    with _printing(written=FLAGS.out):
+        _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
+                      "Inf"), rows)
+        print(f"wrote {FLAGS.out}")
 
 
 def _profile():
@@ -205,13 +215,14 @@ def _profile():
     total = sum(t.picoseconds for t in traced.times)
     rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
              f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:FLAGS.top_k]]
-    _print_table(("name", "op", "events", "total ms", "share"), rows)
-    print(f"{len(traced.times)} nodes, {total / 1e9:.3f} ms of op time in {runs} runs "
-          f"({traced.wall_picoseconds / 1e9:.3f} ms traced); trace: {traced.files[0]}")
     unmapped = sum(traced.unmapped.values())
-    if unmapped:
-        print(f"{unmapped} of {traced.op_events} op events map to no node: "
-              + ", ".join(path for path, _ in traced.unmapped.most_common(3)))
+    with _printing(written=FLAGS.logdir):
+        _print_table(("name", "op", "events", "total ms", "share"), rows)
+        print(f"{len(traced.times)} nodes, {total / 1e9:.3f} ms of op time in {runs} runs "
+              f"({traced.wall_picoseconds / 1e9:.3f} ms traced); trace: {traced.files[0]}")
+        if unmapped:
+            print(f"{unmapped} of {traced.op_events} op events map to no node: "
+                  + ", ".join(path for path, _ in traced.unmapped.most_common(3)))
 
 
 def _number(value):
@@ -229,19 +240,21 @@ def _verify():
     result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
-    _print_table(("path", "signature", "key", "kind", "shape", "status", "max abs diff"), rows)
-    for signature, (original, tapped) in sorted(result.latency.items()):
-        print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped {tapped * 1e3:.2f} ms"
-              f" (median of {FLAGS.runs})")
     failed = sum(c.status != "match" for c in result.checks)
-    print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
+    with _printing():
+        _print_table(("path", "signature", "key", "kind", "shape", "status", "max abs diff"),
+                     rows)
+        for signature, (original, tapped) in sorted(result.latency.items()):
+            print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped "
+                  f"{tapped * 1e3:.2f} ms (median of {FLAGS.runs})")
+        print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
     if failed:
         sys.exit(1)
 
 
 def _require(name):
     if not FLAGS[name].value:
-        raise errors.GraphtapError(f"--{name} is required")
+        raise errors.BadArgument(f"--{name} is required")
 
 
 def _shape(dims):
@@ -277,14 +290,15 @@ def _quiet_tensorflow():
 
 
 _HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+MAX_MESSAGE = 500  # characters of an error line
 
 
 def _parse_flags(argv):
     try:
         return FLAGS(argv)
     except flags.Error as error:
-        print(f"graphtap: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
     except SystemExit:
         if any(arg in _HELP_FLAGS for arg in argv[1:]):
             sys.exit(0)  # absl exits 1 after printing help; asking for help is no error
@@ -295,24 +309,76 @@ def _main_with_errors(argv):
     _quiet_tensorflow()
     try:
         main(argv)
+        sys.stdout.flush()
     except errors.GraphtapError as error:
         if isinstance(error, errors.OutputExists) and error.what == "output exists":
             error = errors.OutputExists("output exists; pass --overwrite to replace it",
                                         error.where)
-        print(f"graphtap: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(error))
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
+    except shutil.Error as error:  # before OSError, its base: its args hold a list
+        _fail(_copy_error(error))
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
-        print(f"graphtap: error: {error.strerror or error}{where}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{error.strerror or error}{where}")
     except Exception as error:  # a graphtap bug: one line, unless asked for the traceback
         if FLAGS["verbosity"].present:
             raise
-        print(f"graphtap: internal error: {type(error).__name__}: {error} (a graphtap bug, "
-              "please report; --verbosity=1 shows the traceback)", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"{type(error).__name__}: {error} (a graphtap bug, please report; "
+              "--verbosity=1 shows the traceback)", kind="internal error")
+
+
+def _fail(message, kind="error"):
+    """Prints `graphtap: <kind>: <message>` as one printable line on stderr; exits with 2."""
+    print(f"graphtap: {kind}: {one_line(message)}", file=sys.stderr)
+    sys.exit(2)
+
+
+def one_line(text, limit=MAX_MESSAGE):
+    """`text` made fit for one line of a terminal: characters that are not printable
+    (newlines, escape sequences, ...) as Python escapes them, and at most `limit`
+    characters."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
+
+
+def _copy_error(error):
+    """One line for a shutil.Error, whose argument is a list of (source, target, why)."""
+    failures = error.args[0] if error.args else None
+    if not isinstance(failures, list) or not failures or len(failures[0]) != 3:
+        return str(error)
+    source, _, why = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return f"cannot copy {source}: {why}{more}"
+
+
+@contextlib.contextmanager
+def _printing(written=None):
+    """Around what a command prints once its work is done: stdout failing (a full disk) is
+    an error that says whether the output, `written`, was. A reader that went away
+    (BrokenPipeError) is no error: see _main_with_errors."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        _discard_stdout()
+        done = "the output was written, but " if written else ""
+        raise errors.GraphtapError(f"{done}the report could not be printed: "
+                                   f"{error.strerror or error}", written) from None
+
+
+def _discard_stdout():
+    """Points stdout at /dev/null: what it still buffers, and its flush at exit, go there."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def run():
@@ -321,4 +387,8 @@ def run():
     sys.modules["__main__"].__doc__ = __doc__
     for flag in FLAGS.get_flags_for_module(__name__):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(_main_with_errors, flags_parser=_parse_flags)
+    try:
+        app.run(_main_with_errors, flags_parser=_parse_flags)
+    except KeyboardInterrupt:  # Ctrl-C: what was staged is removed on the way out
+        print("graphtap: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)

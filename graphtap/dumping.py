@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from graphtap import errors, io
+from graphtap import errors, io, paths
 from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, MANIFEST
 from graphtap.stats import RunningStats
 
@@ -55,9 +55,12 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     which keys graphtap added (from the model's manifest).
     """
     if save not in ("stats", "npz"):
-        raise errors.GraphtapError(f"save must be 'stats' or 'npz', not '{save}'")
+        raise errors.BadArgument(f"save must be 'stats' or 'npz', not '{save}'")
+    inputs = [model_dir, *_data_paths(data)]
+    for source in inputs if tensorboard else ():
+        paths.check_not_inside(source, tensorboard)
     runner = _Runner(model_dir, signature, tag_set)
-    with io.staged_directory(out_dir, overwrite, STATS_FILE, [model_dir]) as staging:
+    with io.staged_directory(out_dir, overwrite, STATS_FILE, inputs) as staging:
         stats = {}
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None
@@ -86,6 +89,15 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
         if summaries:
             summaries.publish(tensorboard)
     return result
+
+
+def _data_paths(data):
+    """The files `data` (as `activations` takes it) reads, as far as they are known."""
+    if isinstance(data, TFRecord):
+        return [data.path]
+    if isinstance(data, dict):
+        return [value.path for value in data.values() if isinstance(value, NpyFile)]
+    return []
 
 
 class _Runner:
@@ -233,7 +245,7 @@ class TFRecord:
 def _batches(data, batch_size, max_examples, specs):
     """{input: array} batches of at most `batch_size` examples, `max_examples` in all."""
     if batch_size < 1:
-        raise errors.GraphtapError(f"batch_size must be at least 1, not {batch_size}")
+        raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
     if isinstance(data, TFRecord):
         batches = data.batches(specs, batch_size)
     elif isinstance(data, dict):

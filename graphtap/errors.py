@@ -59,3 +59,7 @@ class OutputInsideInput(GraphtapError):
 
 class UnsafeInput(GraphtapError):
     """The input holds what graphtap never reads: a link out of it, a FIFO, a device."""
+
+
+class BadArgument(GraphtapError):
+    """An argument has a value the operation does not take, or one that contradicts another."""

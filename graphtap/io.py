@@ -11,7 +11,7 @@ import os
 
 from google.protobuf import message, text_format
 
-from graphtap import errors, protos, staging, source_files, wire
+from graphtap import errors, paths, protos, source_files, staging, wire
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -105,8 +105,7 @@ def check_output(input_path, output_path, overwrite, is_directory=True, mark=OUT
     """Refuses outputs that are the input, lie inside it, or contain it (judged by device
     and inode, which bind mounts and symbolic links do not fool), and existing outputs
     unless `overwrite` and staging.check_replaceable allows (`is_directory`, `mark`)."""
-    if staging.lies_within(output_path, input_path):
-        raise errors.OutputInsideInput("output is the input or lies inside it", output_path)
+    paths.check_not_inside(input_path, output_path)
     if os.path.lexists(output_path):
         staging.check_replaceable(output_path, overwrite, is_directory, mark, [input_path])
 

@@ -110,9 +110,9 @@ def _attr(node, op_def, name):
 
 
 def _registered_op_def(op_type):
-    registered = _registered_op_defs()
+    registered, problem = _registered_op_defs()
     if op_type not in registered:
-        where = "in TensorFlow" if registered else "(TensorFlow's op registry could not be read)"
+        where = f"({problem})" if problem else "in TensorFlow"
         raise errors.UnknownOp(f"op '{op_type}' is defined neither in the model nor {where}")
     return registered[op_type]
 
@@ -123,11 +123,13 @@ import sys
 from tensorflow.python.client import pywrap_tf_session as c_api
 sys.stdout.buffer.write(c_api.TF_GetBuffer(c_api.TF_GetAllOpList()))
 """
+REGISTRY_TIMEOUT = 300  # seconds; importing TensorFlow takes seconds, on a busy machine more
 
 
 @functools.cache
 def _registered_op_defs():
-    """{op name: OpDef} of every op TensorFlow registers.
+    """({op name: OpDef} of every op TensorFlow registers, why they could not be read or
+    None).
 
     Importing TensorFlow costs seconds, so a child process reads the registry once per
     TensorFlow install and the result is cached on disk; this process never imports it.
@@ -138,13 +140,31 @@ def _registered_op_defs():
             data = f.read()
     except OSError:
         logging.debug("graphtap: reading TensorFlow's op registry into %s", cache)
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-        child = subprocess.run([sys.executable, "-c", _DUMP_OP_LIST], capture_output=True, env=env)
-        if child.returncode != 0:
-            return {}
-        data = child.stdout
+        data, problem = _read_registry()
+        if problem:
+            return {}, problem
         _write_cache(cache, data)
-    return {op_def.name: op_def for op_def in protos.OpList.FromString(data).op}
+    return {op_def.name: op_def for op_def in protos.OpList.FromString(data).op}, None
+
+
+def _read_registry():
+    """(the serialized OpList, None) from a child process, or (None, why it failed).
+
+    The child is isolated (-I: no current directory, PYTHONPATH or user site on its path)
+    and runs in an empty directory: a `tensorflow/` package wherever graphtap was started
+    must not run. A child that hangs is killed after REGISTRY_TIMEOUT seconds.
+    """
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    with tempfile.TemporaryDirectory(prefix="graphtap-registry-") as empty:
+        try:
+            child = subprocess.run([sys.executable, "-I", "-c", _DUMP_OP_LIST], cwd=empty,
+                                   capture_output=True, env=env, timeout=REGISTRY_TIMEOUT)
+        except subprocess.TimeoutExpired:  # run() has killed the child
+            return None, (f"TensorFlow's op registry could not be read: no answer in "
+                          f"{REGISTRY_TIMEOUT} s")
+    if child.returncode != 0:
+        return None, "TensorFlow's op registry could not be read"
+    return child.stdout, None
 
 
 def _cache_path():

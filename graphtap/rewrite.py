@@ -26,7 +26,7 @@ from graphtap.index import (
     tensor_ref,
     unknown_shape,
 )
-from graphtap.keys import fresh_names, unique_name
+from graphtap.keys import fresh_names, sanitize, unique_name
 from graphtap.opdefs import CALL_OPS
 
 _LIST_SHAPE_FIELD = (protos.AttrValue.DESCRIPTOR.nested_types_by_name["ListValue"]
@@ -138,7 +138,8 @@ def add_signature(graph_def, signature_defs, objects, source, new):
     call_name = signature_call_node(signature)
     call = graph_def.node.add()
     call.CopyFrom(next(n for n in graph_def.node if n.name == call_name))
-    call.name = unique_name(TAP_PREFIX + new, {n.name for n in graph_def.node})
+    # A signature name may hold any character; a node name only TensorFlow's few.
+    call.name = unique_name(TAP_PREFIX + sanitize(new), {n.name for n in graph_def.node})
     for info in signature.outputs.values():
         info.name = call.name + info.name[len(call_name):]
     objects.add_signature(new, like=source)

@@ -28,7 +28,7 @@ import socket
 import stat
 import sys
 
-from graphtap import errors
+from graphtap import errors, paths
 
 PREFIX = ".graphtap-"
 LOCK_FILE = "graphtap.lock"
@@ -71,7 +71,7 @@ class Staged:
         self.root = root
         self.path = os.path.join(root, CONTENT)
         self._lock_fd = lock_fd
-        self._identity = _identity(os.lstat(root))
+        self._identity = paths.identity(os.lstat(root))
         self._sizes = {}
         if is_directory:
             os.mkdir(self.path, 0o777)
@@ -85,7 +85,7 @@ class Staged:
     def check_complete(self, destination):
         """Raises unless the staging directory is still ours and holds every file written."""
         try:
-            root_ok = _identity(os.lstat(self.root)) == self._identity
+            root_ok = paths.identity(os.lstat(self.root)) == self._identity
             lock_ok = os.fstat(self._lock_fd).st_nlink > 0
             missing = [p for p, size in self._sizes.items() if _size(p) != size]
         except OSError:
@@ -124,7 +124,12 @@ def staged_output(destination, overwrite=False, is_directory=True, mark=None, pr
     remove_abandoned(destination, protect)
     staged = _create(destination, is_directory)
     try:
-        yield staged
+        try:
+            yield staged
+        except OSError as error:  # named as the output, not as its staged copy
+            if isinstance(error.filename, str) and error.filename.startswith(staged.path):
+                error.filename = destination + error.filename[len(staged.path):]
+            raise
         staged.check_complete(destination)
         staged.sync()
         checkpoint("before publish")
@@ -189,7 +194,7 @@ def check_replaceable(destination, overwrite, is_directory, mark, protect):
         if mark is not None and not os.path.isfile(os.path.join(destination, mark)):
             raise errors.OutputExists(f"will not replace a directory graphtap did not write "
                                       f"(it has no {mark})", destination)
-        if tree_holds(destination, protected_identities(protect)):
+        if paths.tree_holds(destination, paths.protected_identities(protect)):
             raise errors.OutputInsideInput("output contains the input", destination)
 
 
@@ -213,9 +218,9 @@ def remove_abandoned(destination, protect=()):
             os.close(lock_fd)
             continue
         if protected is None:
-            protected = protected_identities(protect)
+            protected = paths.protected_identities(protect)
         try:
-            if not tree_holds(root, protected):
+            if not paths.tree_holds(root, protected):
                 _remove_staging(root, lock_fd)
                 continue
         except OSError:
@@ -250,59 +255,6 @@ def _open_lock(root):
     return fd
 
 
-def protected_identities(paths):
-    """The identities of `paths` and of every directory above them but the root: a tree
-    holding any of them holds one of the paths."""
-    found = set()
-    for path in paths:
-        found |= _ancestry(path)
-    found.discard(_identity(os.stat(os.sep)))
-    return found
-
-
-def lies_within(path, container):
-    """Whether `path` (which may not exist yet) is `container` or lies inside it."""
-    try:
-        return _identity(os.stat(container)) in _ancestry(path)
-    except OSError:
-        return False
-
-
-def _ancestry(path):
-    """The (device, inode) of `path`, if it exists, and of every directory above it, along
-    the path as given and along its resolved form."""
-    found = set()
-    for form in {os.path.abspath(path), os.path.realpath(path)}:
-        while True:
-            with contextlib.suppress(OSError):
-                found.add(_identity(os.stat(form)))
-            up = os.path.dirname(form)
-            if up == form:
-                break
-            form = up
-    return found
-
-
-def tree_holds(root, identities):
-    """Whether `root` or anything below it (not following links) is one of `identities`."""
-    if not identities:
-        return False
-    stack = [root]
-    while stack:
-        path = stack.pop()
-        st = os.lstat(path)
-        if _identity(st) in identities:
-            return True
-        if stat.S_ISDIR(st.st_mode):
-            with os.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    elif _identity(entry.stat(follow_symlinks=False)) in identities:
-                        return True
-    return False
-
-
 def remove_tree(path):
     """Removes a file, link or directory tree, never following links."""
     st = os.lstat(path)
@@ -326,10 +278,6 @@ def sync_directory(path):
             raise
     finally:
         os.close(fd)
-
-
-def _identity(st):
-    return st.st_dev, st.st_ino
 
 
 def _size(path):
