@@ -110,7 +110,7 @@ def _tap(
     exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
     layers = [layers] if isinstance(layers, str) else list(layers or ())
     model = io.read(input_path, stubs=True)
-    io.check_output(input_path, output_path, overwrite, is_directory=model.is_saved_model)
+    io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
     if not model.is_saved_model:
         if profile:
             raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sys
 
 from absl import app, flags, logging
@@ -317,8 +316,6 @@ def _main_with_errors(argv):
         _fail(str(error))
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
-    except shutil.Error as error:  # before OSError, its base: its args hold a list
-        _fail(_copy_error(error))
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         _fail(f"{error.strerror or error}{where}")
@@ -341,16 +338,6 @@ def one_line(text, limit=MAX_MESSAGE):
     characters."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[:limit - 1] + "\u2026"
-
-
-def _copy_error(error):
-    """One line for a shutil.Error, whose argument is a list of (source, target, why)."""
-    failures = error.args[0] if error.args else None
-    if not isinstance(failures, list) or not failures or len(failures[0]) != 3:
-        return str(error)
-    source, _, why = failures[0]
-    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return f"cannot copy {source}: {why}{more}"
 
 
 @contextlib.contextmanager

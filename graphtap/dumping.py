@@ -57,6 +57,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     if save not in ("stats", "npz"):
         raise errors.BadArgument(f"save must be 'stats' or 'npz', not '{save}'")
     inputs = [model_dir, *_data_paths(data)]
+    io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
     for source in inputs if tensorboard else ():
         paths.check_not_inside(source, tensorboard)
     runner = _Runner(model_dir, signature, tag_set)

@@ -101,13 +101,15 @@ def _parse(path, message_class, text, stubs=False):
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
 
 
-def check_output(input_path, output_path, overwrite, is_directory=True, mark=OUTPUT_MARK):
-    """Refuses outputs that are the input, lie inside it, or contain it (judged by device
-    and inode, which bind mounts and symbolic links do not fool), and existing outputs
-    unless `overwrite` and staging.check_replaceable allows (`is_directory`, `mark`)."""
-    paths.check_not_inside(input_path, output_path)
+def check_output(input_paths, output_path, overwrite, is_directory=True, mark=OUTPUT_MARK):
+    """Refuses an output that is one of `input_paths`, lies inside one, or contains one
+    (judged by device and inode, which bind mounts and symbolic links do not fool), and
+    an existing output unless `overwrite` and staging.check_replaceable allow
+    (`is_directory`, `mark`)."""
+    for input_path in input_paths:
+        paths.check_not_inside(input_path, output_path)
     if os.path.lexists(output_path):
-        staging.check_replaceable(output_path, overwrite, is_directory, mark, [input_path])
+        staging.check_replaceable(output_path, overwrite, is_directory, mark, input_paths)
 
 
 def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite,
@@ -124,7 +126,7 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
     `fingerprint.pb` is not carried over: it holds checksums of the old protobuf.
     """
     chunks = _chunks(saved_model, wire.splice_saved_model, layout, edits)
-    check_output(input_dir, output_dir, overwrite)
+    check_output([input_dir], output_dir, overwrite)
     with staging.staged_output(output_dir, overwrite, mark=OUTPUT_MARK,
                                protect=[input_dir]) as staged:
         source_files.copy_tree(input_dir, staged.path, staged,
@@ -161,10 +163,8 @@ def _chunks(proto, splice, layout, edits):
 def staged_directory(output_dir, overwrite, mark, protect=()):
     """Yields a new directory to fill, published at `output_dir` when the block ends
     without an error (staging.staged_output: `mark` names the file every such output
-    holds, `protect` the inputs). Files written into it need no record: the block's
-    caller owns them."""
-    for input_path in protect:
-        check_output(input_path, output_dir, overwrite, mark=mark)
+    holds, `protect` the inputs, each of which the caller has passed to check_output).
+    Files written into it need no record: the block's caller owns them."""
     with staging.staged_output(output_dir, overwrite, mark=mark, protect=protect) as staged:
         yield staged.path
 
@@ -172,7 +172,7 @@ def staged_directory(output_dir, overwrite, mark, protect=()):
 def write_graph_def(graph_def, input_path, output_path, overwrite, layout=None, edits=None):
     """Writes a GraphDef, as text if `output_path` ends in .pbtxt or .txt. layout, edits:
     as for write_saved_model."""
-    check_output(input_path, output_path, overwrite, is_directory=False)
+    check_output([input_path], output_path, overwrite, is_directory=False)
     if output_path.endswith(TEXT_SUFFIXES):
         chunks = [text_format.MessageToString(graph_def).encode("utf-8")]
     else:

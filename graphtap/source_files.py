@@ -53,39 +53,42 @@ def copy_tree(source_dir, target_dir, staged, skip=(), link_dirs=()):
       allows): only for outputs that neither graphtap nor anyone else will write to.
     """
     root = os.path.realpath(source_dir)
-    stack = [(root, target_dir, False)]
+    stack = [(root, target_dir, False, source_dir)]
     seen = set()
     while stack:
-        source, target, link = stack.pop()
+        source, target, link, shown = stack.pop()  # shown: the path as the input spells it
         st = os.stat(source)
         if (st.st_dev, st.st_ino) in seen:
-            raise errors.UnsafeInput("a link leads back into a directory above it", source)
+            raise errors.UnsafeInput("a link leads back into a directory above it", shown)
         seen.add((st.st_dev, st.st_ino))
         with os.scandir(source) as entries:
             children = sorted(entries, key=lambda entry: entry.name)
         for entry in children:
             if source == root and entry.name in skip:
                 continue
-            path = _inside(entry.path, root) if entry.is_symlink() else entry.path
+            path = (_inside(entry.path, root, os.path.join(shown, entry.name))
+                    if entry.is_symlink() else entry.path)
             child_st = os.stat(path, follow_symlinks=False)
             destination = os.path.join(target, entry.name)
             if stat.S_ISDIR(child_st.st_mode):
                 os.mkdir(destination, 0o777)
-                stack.append((path, destination, link or (source == root
-                                                          and entry.name in link_dirs)))
+                link_files = link or (source == root and entry.name in link_dirs)
+                stack.append((path, destination, link_files, os.path.join(shown, entry.name)))
             elif stat.S_ISREG(child_st.st_mode):
                 copy_file(path, destination, staged, link)
             else:
                 raise errors.UnsafeInput("not a regular file or directory (a FIFO, device "
-                                         "or socket is never read)", entry.path)
+                                         "or socket is never read)",
+                                         os.path.join(shown, entry.name))
 
 
-def _inside(link, root):
-    """Where the symbolic link `link` leads, if that is inside `root`; else refused."""
+def _inside(link, root, shown):
+    """Where the symbolic link `link` leads, if that is inside `root`; else refused,
+    naming the link as `shown`."""
     resolved = os.path.realpath(link)
     if os.path.commonpath([resolved, root]) != root or not os.path.lexists(resolved):
         raise errors.UnsafeInput("a symbolic link leads out of the model; it is never "
-                                 "followed", link)
+                                 "followed", shown)
     return resolved
 
 
