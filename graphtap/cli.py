@@ -247,13 +247,19 @@ def _shape(dims):
 
 def _print_report(report):
     rows = [(r.signature or "", r.key, r.op, r.dtype, _shape(r.shape),
-             r.node if r.output == 0 else f"{r.node}:{r.output}") for r in report.taps]
+             r.node if r.output == 0 else f"{r.node}:{r.output}")
+            for r in report.taps + report.same_function_taps]
     _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
-    print(f"tapped {len(report.taps)} tensor(s) -> {report.output}")
+    print(f"tapped {len(report.taps) + len(report.same_function_taps)} tensor(s) -> "
+          f"{report.output}")
+    for signature, default in sorted(report.same_function.items()):
+        print(f"signature '{signature}' runs the same function as '{default}': tapped too")
     for warning in report.warnings:
         print(f"warning: {warning}")
     if report.already_tapped:
         print(f"already tapped, left as they were: {', '.join(report.already_tapped)}")
+    for signature, layer, key in report.already_outputs:
+        print(f"layer {layer} is already output '{key}' of signature '{signature}'; skipped")
     if report.taps and report.taps[0].signature is None:
         print("output names: " + ",".join(report.output_names))
 
