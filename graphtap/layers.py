@@ -42,7 +42,8 @@ class LayerMap:
         that functions no signature runs (`_traced_save`, ...) need not be parsed."""
         self.index = index
         functions = {c.function for c in candidates if c.function is not None}
-        self._strip, self.found = _read_scopes(index, functions, variable_names)
+        self._strip, self.found, self._suffixed = _read_scopes(index, functions,
+                                                               variable_names)
         self._outputs = {}  # function -> {(node, output ref)} leaving their layer's scope
 
     def layer_of(self, candidate):
@@ -50,7 +51,7 @@ class LayerMap:
         parts = candidate.node.split("/")
         if not self.found or len(parts) < 2:
             return None
-        if len(parts) == 2 or (self._strip and not _SUFFIX.search(parts[1])):
+        if len(parts) == 2 or (self._suffixed and not _SUFFIX.search(parts[1])):
             # a TensorFlow op, or its own scope, in the model's scope: not a layer's
             return _operation(parts[1])
         return _SUFFIX.sub("", parts[1]) if self._strip else parts[1]
@@ -144,9 +145,10 @@ def _canonical(ref, function):
 
 
 def _read_scopes(index, functions, variable_names):
-    """(whether layer scopes carry TensorFlow's `_N` suffix, whether there are Keras layer
-    scopes at all), judged in `functions` by the layers that have variables: the second
-    components of node names must name some of them, with or without the suffix."""
+    """(whether layer scopes may carry TensorFlow's `_N` suffix, whether there are Keras
+    layer scopes at all, whether they must carry it: Keras 3), judged in `functions` by
+    the layers that have variables: the second components of node names must name some
+    of them, with or without the suffix."""
     layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
     scopes = set()
     for function in functions:
@@ -156,4 +158,4 @@ def _read_scopes(index, functions, variable_names):
                 scopes.add(parts[1])
     exact = len(layers_with_variables & scopes)
     suffixed = len(layers_with_variables & {_SUFFIX.sub("", scope) for scope in scopes})
-    return suffixed >= exact, max(exact, suffixed) > 0
+    return suffixed >= exact, max(exact, suffixed) > 0, suffixed > exact
