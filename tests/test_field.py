@@ -183,3 +183,67 @@ def test_keras_3_export_taps_serve_and_serving_default(tmp_path):
                           signatures="serving_default")
     assert report.same_function == {} and not report.same_function_taps
     assert "get_item" not in run_tf2(only, "serve", inputs)
+
+
+def test_verify_makes_valid_index_inputs_and_takes_an_npz(tmp_path):
+    """BERT's segment embedding has 2 rows: generated integer inputs must index it."""
+    inputs, _, _, _ = _reference("hub_bert")
+    out = str(tmp_path / "tapped")
+    graphtap.tap(_model("hub_bert"), out, layers=["get_item"])
+    from graphtap.verification import verify
+
+    result = verify(_model("hub_bert"), out)
+    assert result.ok, [c for c in result.checks if c.status != "match"]
+    assert {(c.signature, c.key) for c in result.checks if c.is_tap} == {
+        ("serve", "get_item"), ("serving_default", "get_item")}
+    np.savez(tmp_path / "inputs.npz", **inputs)
+    from conftest import child_env
+    import subprocess
+    import sys
+
+    cli = subprocess.run([sys.executable, "-m", "graphtap", "verify",
+                          f"--original={_model('hub_bert')}", f"--tapped={out}",
+                          f"--inputs_npz={tmp_path / 'inputs.npz'}"],
+                         capture_output=True, text=True, env=child_env(), timeout=300)
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    # 2 signatures, 2 load paths, 3 outputs
+    assert cli.stdout.splitlines()[-1] == "12 of 12 checks match"
+
+
+def test_verify_names_a_generated_input_the_model_rejects(tmp_path):
+    import tensorflow as tf
+
+    class Positive(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="count")])
+        def __call__(self, count):
+            with tf.control_dependencies([tf.debugging.assert_positive(count)]):
+                return {"double": tf.identity(count * 2, name="double")}
+
+    module = Positive()
+    path, out = str(tmp_path / "model"), str(tmp_path / "tapped")
+    tf.saved_model.save(module, path, signatures=module.__call__)
+    graphtap.tap(path, out, ops=["Mul"])
+    from graphtap.verification import verify
+
+    with pytest.raises(graphtap.errors.GraphtapError,
+                       match=r"rejects the generated input\(s\) count .*--inputs") as raised:
+        verify(path, out)
+    assert "\n" not in str(raised.value)
+    assert verify(path, out, inputs={"count": np.array([1, 2], "int32")}).ok
+
+
+def test_string_taps_verify_as_bytes_and_dump_counts_them(tmp_path):
+    inputs, _, reference, _ = _reference("tfk_lookup")
+    out = str(tmp_path / "tapped")
+    graphtap.tap(_model("tfk_lookup"), out, layers=["lower", "lookup"])
+    from graphtap.verification import verify
+
+    result = verify(_model("tfk_lookup"), out, inputs=inputs)
+    assert result.ok, [c for c in result.checks if c.status != "match"]
+    assert sum(c.is_tap and c.key == "lower" for c in result.checks) == 2  # both load paths
+    stats = graphtap.dump(out, inputs, str(tmp_path / "acts"), save="npz", progress=False)
+    assert stats["lower"]["count"] == reference["lower"].size == 6
+    assert stats["lower"]["mean"] is None and stats["lower"]["zero_fraction"] is None
+    assert stats["lookup"]["count"] == 6 and stats["lookup"]["zero_fraction"] == 1 / 6
+    assert not os.path.exists(tmp_path / "acts" / "lower.npz")
+    assert os.path.exists(tmp_path / "acts" / "lookup.npz")
