@@ -6,10 +6,10 @@ import gc
 import json
 import os
 
-from graphtap import check, control_flow, errors, io, paths, profiling, protos, wire
+from graphtap import aliases, check, control_flow, errors, io, paths, profiling, protos, wire
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
-from graphtap.keys import assign_keys
+from graphtap.keys import assign_keys, unique_name
 from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
 from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
@@ -35,6 +35,8 @@ class TapRecord:
     tensor: str  # what the signature output names in the graph
     call_path: list  # call nodes from the outer graph down to `function`
     loop: str = None  # inside a While body: "stack" (every iteration) or "last"
+    # tapped because the signature runs the same function as this one (the default)
+    same_function_as: str = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,11 @@ class Report:
     taps: tuple  # TapRecord
     already_tapped: tuple  # names of selected tensors that earlier taps already expose
     warnings: tuple = ()  # taps that cost speed (they stop a Grappler fusion)
+    # (signature, layer, output key): selected layers whose output already is an output
+    already_outputs: tuple = ()
+    # {signature: default signature} tapped too, because they run the same function
+    same_function: dict = dataclasses.field(default_factory=dict)
+    same_function_taps: tuple = ()  # TapRecord of those signatures (the manifest has all)
 
     @property
     def output_names(self):
@@ -70,7 +77,9 @@ def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None
     loop: for tensors inside a While loop's body, "stack" (every iteration's value, on a
       new leading axis) or "last" (the last iteration's); without it they are refused.
     exclude: regexes; tensors whose names they full-match are not tapped.
-    signatures: signature key(s) to tap; default `serving_default`, or the only one.
+    signatures: signature key(s) to tap; default `serving_default` (or the only one)
+      and every other signature that runs the same function (Keras 3 `export` writes
+      `serve` and `serving_default`; converters read one or the other).
     mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
       `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
     tag_set: tags of the meta graph to tap, comma-separated.
@@ -126,6 +135,11 @@ def _tap(
     objects = _objects(meta_graph)
     keys = _signature_keys(meta_graph, signatures, model.path)
     index = _index(meta_graph, layout)
+    same_function = {}
+    if signatures is None:
+        same_function = aliases.same_function(index, meta_graph.signature_def, keys[0],
+                                              _signatures(meta_graph))
+        keys += sorted(same_function)
     check.check_input(meta_graph, objects, keys, model.path, index)
     sources = {key: key for key in keys}
     if mode == "add":
@@ -141,17 +155,21 @@ def _tap(
     # Layer outputs and profiled nodes are found among all tensors: no prefilter then.
     keep = None if layers or profile else Prefilter(name_selectors, ops)
     variable_names = _variable_names(meta_graph) if layers else ()
-    taps, already = [], []
+    taps, already, already_outputs = [], [], []
     for key in keys:
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
             control_flow.allow_control_flow_taps(index, candidates, loop)
             picked = (LayerMap(index, candidates, variable_names).select(candidates, layers)
                       if layers else [])
+            picked = _new_layer_outputs(index, meta_graph.signature_def[key], picked,
+                                        already_outputs, key)
             names_left = name_selectors
             if traces:
                 profiled, names_left = _profiled(candidates, traces, name_selectors, top_k, key)
                 picked += profiled
+            if not picked and not names_left and not ops and already_outputs:
+                continue  # every selected layer's output already is an output
             selected = select(candidates, names_left, ops, exclude, picked)
         except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
             if keep is not None:
@@ -161,18 +179,47 @@ def _tap(
         for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
-        raise errors.NothingToTap("every selected tensor is already tapped", model.path)
-    warnings = fusion_warnings(index, taps)  # before the rewrite adds consumers
+        what = "already tapped" + (" or an output of the signature" if already_outputs else "")
+        raise errors.NothingToTap(f"every selected tensor is {what}", model.path)
+    warnings = fusion_warnings(index, [t for t in taps if t.signature not in same_function])
     rewrite = TapRewrite(index, meta_graph.signature_def, objects, loop)
     rewrite.apply(taps)
     check.check_output(meta_graph, objects, keys, index, rewrite.origins,
                        set(index.functions) - rewrite.edited_in_place)
-    records = [_record(t, sources[t.signature]) for t in taps]
+    records = [_record(t, sources[t.signature], same_function.get(sources[t.signature]))
+               for t in taps]
     manifest = _manifest(model.path, records)
     io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite,
                          layout, _edits(rewrite), link_variables)
-    return Report(input_path, output_path, tuple(records), tuple(sorted(set(already))),
-                  tuple(warnings))
+    asked = tuple(r for r in records if r.same_function_as is None)
+    return Report(input_path, output_path, asked, tuple(sorted(set(already))),
+                  tuple(warnings), tuple(already_outputs), same_function,
+                  tuple(r for r in records if r.same_function_as is not None))
+
+
+def _new_layer_outputs(index, signature_def, picked, already_outputs, signature):
+    """The layer picks ([(candidate, layer key)]) whose tensor is not already an output of
+    the signature; the others are added to `already_outputs` as (signature, layer, key).
+    A layer key that is an output's key but names another tensor gets a suffix."""
+    if not picked:
+        return picked
+    outputs = aliases.output_tensors(index, signature_def)
+    taken = set(signature_def.outputs)
+    kept = []
+    for candidate, key in picked:
+        output_key = outputs.get(aliases.candidate_ref(candidate))
+        if output_key is not None:
+            already_outputs.append((signature, candidate.layer or key or candidate.name,
+                                    output_key))
+            continue
+        if key is not None and key in taken:
+            key = unique_name(key, taken)
+        kept.append((candidate, key))
+    return kept
+
+
+def _signatures(meta_graph):
+    return sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE)
 
 
 def _check_arguments(mode, loop, tapped_signature):
@@ -389,7 +436,7 @@ def _signature_keys(meta_graph, signatures, path):
     return keys
 
 
-def _record(tap, source_signature):
+def _record(tap, source_signature, same_function_as=None):
     c = tap.candidate
     return TapRecord(
         signature=tap.signature,
@@ -404,6 +451,7 @@ def _record(tap, source_signature):
         tensor=tap.tensor,
         call_path=[call.node for call in c.calls],
         loop=c.loop,
+        same_function_as=same_function_as,
     )
 
 

@@ -65,8 +65,8 @@ flags.DEFINE_multi_string("inputs", [], "verify, dump: NAME=FILE.npy, data for t
                           "input NAME (verify: for every signature with that input; the others "
                           "get seeded random inputs). Repeatable.")
 flags.DEFINE_string("model", None, "dump: the SavedModel to run (tapped or not).")
-flags.DEFINE_string("inputs_npz", None, "dump: a .npz whose arrays are named after the "
-                    "signature's inputs.")
+flags.DEFINE_string("inputs_npz", None, "dump, verify: a .npz whose arrays are named after "
+                    "the signature's inputs.")
 flags.DEFINE_string("tfrecord", None, "dump: a TFRecord file of tf.Examples.")
 flags.DEFINE_multi_string("feature", [], "dump, --tfrecord: INPUT=FEATURE, or FEATURE when it "
                           "is named like the input. Repeatable.")
@@ -236,6 +236,14 @@ def _verify():
     _require("original")
     _require("tapped")
     inputs = _named_arrays(np.load)
+    if FLAGS.inputs_npz:
+        if not os.path.isfile(FLAGS.inputs_npz):
+            raise errors.InputNotFound("no such input file", FLAGS.inputs_npz)
+        try:
+            with np.load(FLAGS.inputs_npz) as archive:
+                inputs.update({name: archive[name] for name in archive.files})
+        except (OSError, ValueError) as error:
+            raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
     result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
@@ -264,13 +272,19 @@ def _shape(dims):
 
 def _print_report(report):
     rows = [(r.signature or "", r.key, r.op, r.dtype, _shape(r.shape),
-             r.node if r.output == 0 else f"{r.node}:{r.output}") for r in report.taps]
+             r.node if r.output == 0 else f"{r.node}:{r.output}")
+            for r in report.taps + report.same_function_taps]
     _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
-    print(f"tapped {len(report.taps)} tensor(s) -> {report.output}")
+    print(f"tapped {len(report.taps) + len(report.same_function_taps)} tensor(s) -> "
+          f"{report.output}")
+    for signature, default in sorted(report.same_function.items()):
+        print(f"signature '{signature}' runs the same function as '{default}': tapped too")
     for warning in report.warnings:
         print(f"warning: {warning}")
     if report.already_tapped:
         print(f"already tapped, left as they were: {', '.join(report.already_tapped)}")
+    for signature, layer, key in report.already_outputs:
+        print(f"layer {layer} is already output '{key}' of signature '{signature}'; skipped")
     if report.taps and report.taps[0].signature is None:
         print("output names: " + ",".join(report.output_names))
 

@@ -70,7 +70,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
             outputs = runner.run(batch)
             for key, values in outputs.items():
                 stats.setdefault(key, RunningStats()).add(values)
-                if save == "npz":
+                if save == "npz" and values.dtype != object:  # tf.string: statistics only
                     if key not in streams:
                         streams[key] = _ArrayStream(staging, key)
                     streams[key].append(values)

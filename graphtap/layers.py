@@ -12,6 +12,13 @@ scopes name none of its variables' layers has no Keras layers.
 
 A layer's output is the node of its scope whose value leaves the scope: a node outside
 the scope reads it, or the function returns it (variable reads and constants aside).
+
+Keras 3 operations that are not layers (`x[:, 0]` in a functional model, a `GetItem`
+named `get_item` in model.summary()) run in no scope of their own: their TensorFlow op
+sits in the model's scope under TensorFlow's name (`bert_backbone_1/strided_slice`, with
+its constants in the op's own scope `strided_slice/`, which has no `_N` suffix). Those
+are named as Keras names them (_OPERATIONS): the n-th `strided_slice` of the model's
+scope is the n-th `get_item`, as both count in call order.
 """
 
 import collections
@@ -22,6 +29,9 @@ from graphtap.index import node_of
 
 _SUFFIX = re.compile(r"_\d+$")
 _NOT_OUTPUTS = frozenset({"Const", "ReadVariableOp", "VarHandleOp", "NoOp"})
+# TensorFlow's name of an op in a model's scope -> the Keras 3 operation that made it.
+_OPERATIONS = {"strided_slice": "get_item"}
+_NUMBERED = re.compile(r"^(?P<base>.+?)(?P<n>_\d+)?$")
 
 
 class LayerMap:
@@ -32,14 +42,18 @@ class LayerMap:
         that functions no signature runs (`_traced_save`, ...) need not be parsed."""
         self.index = index
         functions = {c.function for c in candidates if c.function is not None}
-        self._strip, self.found = _read_scopes(index, functions, variable_names)
+        self._strip, self.found, self._suffixed = _read_scopes(index, functions,
+                                                               variable_names)
         self._outputs = {}  # function -> {(node, output ref)} leaving their layer's scope
 
     def layer_of(self, candidate):
         """The layer the candidate's node belongs to, or None."""
         parts = candidate.node.split("/")
-        if not self.found or len(parts) < 3:
+        if not self.found or len(parts) < 2:
             return None
+        if len(parts) == 2 or (self._suffixed and not _SUFFIX.search(parts[1])):
+            # a TensorFlow op, or its own scope, in the model's scope: not a layer's
+            return _operation(parts[1])
         return _SUFFIX.sub("", parts[1]) if self._strip else parts[1]
 
     def is_output(self, candidate):
@@ -76,6 +90,13 @@ class LayerMap:
         return self._outputs[function]
 
 
+def _operation(name):
+    """The Keras operation name of a TensorFlow op name in a model's scope, or None."""
+    match = _NUMBERED.match(name)
+    keras_name = _OPERATIONS.get(match["base"])
+    return keras_name and keras_name + (match["n"] or "")
+
+
 def _ref(candidate):
     """How a consumer in the candidate's body refers to it."""
     if candidate.function is None:
@@ -84,8 +105,10 @@ def _ref(candidate):
 
 
 def _scope(name):
+    """`model/layer` of `model/layer/...`; a node in the model's scope (`model/op`) is its
+    own scope, as a Keras operation's op (see _operation)."""
     parts = name.split("/")
-    return "/".join(parts[:2]) if len(parts) >= 3 else None
+    return "/".join(parts[:2]) if len(parts) >= 2 else None
 
 
 def _leaving_scope(index, function):
@@ -122,9 +145,10 @@ def _canonical(ref, function):
 
 
 def _read_scopes(index, functions, variable_names):
-    """(whether layer scopes carry TensorFlow's `_N` suffix, whether there are Keras layer
-    scopes at all), judged in `functions` by the layers that have variables: the second
-    components of node names must name some of them, with or without the suffix."""
+    """(whether layer scopes may carry TensorFlow's `_N` suffix, whether there are Keras
+    layer scopes at all, whether they must carry it: Keras 3), judged in `functions` by
+    the layers that have variables: the second components of node names must name some
+    of them, with or without the suffix."""
     layers_with_variables = {name.split("/")[0] for name in variable_names if "/" in name}
     scopes = set()
     for function in functions:
@@ -134,4 +158,4 @@ def _read_scopes(index, functions, variable_names):
                 scopes.add(parts[1])
     exact = len(layers_with_variables & scopes)
     suffixed = len(layers_with_variables & {_SUFFIX.sub("", scope) for scope in scopes})
-    return suffixed >= exact, max(exact, suffixed) > 0
+    return suffixed >= exact, max(exact, suffixed) > 0, suffixed > exact

@@ -27,12 +27,17 @@ class RunningStats:
         self.channel_finite = None  # per channel of the last axis
         self.channel_sum = None
         self.channel_zeros = None
+        self.is_string = False
 
     def add(self, batch):
         """Folds in one batch (first axis: examples)."""
         values = np.asarray(batch)
         if self.shape is None:
             self.shape = values.shape[1:]
+        if values.dtype.kind in "OSU":  # tf.string: counted, no numeric statistics
+            self.count += values.size
+            self.is_string = True
+            return
         if values.dtype == bool or not np.issubdtype(values.dtype, np.number):
             values = values.astype(np.float64)
         self.count += values.size
@@ -78,7 +83,8 @@ class RunningStats:
             "std": float(np.sqrt(self.m2 / self.finite)) if found else None,
             "min": self.min if found else None,
             "max": self.max if found else None,
-            "zero_fraction": self.zeros / self.count if self.count else None,
+            "zero_fraction": self.zeros / self.count if self.count and not self.is_string
+            else None,
             "nan_count": self.nans,
             "inf_count": self.infs,
             "example_shape": list(self.shape) if self.shape is not None else None,

@@ -67,7 +67,17 @@ def verify(original_dir, tapped_dir, inputs=None, runs=1, tag_set="serve", seed=
             continue
         feed = _inputs(original.signature_defs[source], inputs or {}, rng)
         for path in LOAD_PATHS:
-            want = original.run(path, source, feed)
+            try:
+                want = original.run(path, source, feed)
+            except tf.errors.InvalidArgumentError as error:
+                generated = sorted(set(feed) - set(inputs or {}))
+                if not generated:
+                    raise
+                message = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
+                raise errors.GraphtapError(
+                    f"signature '{source}' rejects the generated input(s) "
+                    f"{', '.join(generated)} ({message}): give real ones (--inputs, "
+                    "--inputs_npz)", original_dir) from None
             try:
                 got = tapped.run(path, signature, feed)
             except Exception as error:  # noqa: BLE001 (TensorFlow raises many kinds)
@@ -92,6 +102,9 @@ def _compare(path, signature, want, got, taps):
         status, diff = "match", 0.0
         if actual.dtype != expected.dtype or actual.shape != expected.shape:
             status = f"dtype/shape {actual.dtype}{actual.shape} != {expected.dtype}{expected.shape}"
+        elif actual.dtype == object:  # tf.string: compared as bytes
+            if actual.tolist() != expected.tolist():
+                status = "diff"
         elif actual.tobytes() != expected.tobytes():
             status = "diff"
             diff = float(np.max(np.abs(actual.astype("float64") - expected.astype("float64"))))
@@ -102,7 +115,7 @@ def _compare(path, signature, want, got, taps):
             checks.append(Check(path, signature, key, True, (), "missing"))
             continue
         status = "match"
-        if actual.dtype.name != tap["dtype"]:
+        if _dtype_name(actual) != tap["dtype"]:
             status = f"dtype {actual.dtype.name} != manifest {tap['dtype']}"
         elif not _compatible(actual.shape, tap["shape"]):
             status = f"shape {actual.shape} != manifest {tap['shape']}"
@@ -112,6 +125,13 @@ def _compare(path, signature, want, got, taps):
     for key in sorted(set(got) - set(want) - set(taps)):
         checks.append(Check(path, signature, key, False, got[key].shape, "not in the manifest"))
     return checks
+
+
+def _dtype_name(value):
+    """The TensorFlow name of an output's dtype: tf.string comes back as numpy objects."""
+    if value.dtype == object and all(isinstance(v, bytes) for v in value.flat):
+        return "string"
+    return value.dtype.name
 
 
 def _compatible(shape, manifest_shape):
@@ -148,9 +168,13 @@ def _inputs(signature_def, given, rng):
         if dtype.is_floating:
             value = rng.standard_normal(shape)
         elif dtype.is_integer:
-            value = rng.integers(0, 10, shape)
+            # Integer inputs often index something (token and segment ids, positions):
+            # zeros are valid for every index, random values may not be.
+            value = np.zeros(shape)
         elif dtype.is_bool:
             value = rng.integers(0, 2, shape).astype(bool)
+        elif dtype == tf.string:
+            value = np.full(shape, b"", dtype=object)
         else:
             raise errors.GraphtapError(f"cannot make random {dtype.name} input; pass it", name)
         feed[name] = np.asarray(value, dtype=dtype.as_numpy_dtype)

@@ -31,7 +31,10 @@ def test_tap_prints_table_and_result_loads(keras_cnn, tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["signature", "key", "op", "dtype", "shape", "tensor"]
     assert any(line.split()[:3] == ["serving_default", "hidden", "Relu"] for line in lines)
-    assert lines[-1] == f"tapped 2 tensor(s) -> {out}"
+    # Keras 3 `export` writes `serve` too, running the same function: tapped alike.
+    assert any(line.split()[:3] == ["serve", "hidden", "Relu"] for line in lines)
+    assert lines[-2:] == [f"tapped 4 tensor(s) -> {out}", "signature 'serve' runs the same "
+                          "function as 'serving_default': tapped too"]
     images = {"image": np.ones((1, 16, 16, 3), "float32")}
     assert sorted(run_tf2(out, "serving_default", images)) == [
         "cnn_1_probs_1_Softmax", "hidden", "output_0"]

@@ -37,7 +37,7 @@ def _functions(model_dir):
 def test_only_the_tapped_signature_function_changes_in_place(mobilenet_v2, tmp_path):
     path, _ = mobilenet_v2
     out = str(tmp_path / "tapped")
-    report = graphtap.tap(path, out, ops=["Relu6"])
+    report = graphtap.tap(path, out, ops=["Relu6"], signatures="serving_default")
     before, after = _functions(path), _functions(out)
     changed = {name for name in before if before[name] != after.get(name)}
     # The serving_default wrapper is edited in place; the model function it calls is

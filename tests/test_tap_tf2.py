@@ -62,7 +62,8 @@ def cnn_tapped(keras_cnn, tmp_path_factory):
     path, model = keras_cnn
     out = str(tmp_path_factory.mktemp("cnn") / "tapped")
     report = graphtap.tap(path, out, names=["cnn_1/relu_1/Relu=relu", ".*/conv_res_1/Relu",
-                                            "cnn_1/bn_1/batchnorm/add_1"], ops=["Softmax"])
+                                            "cnn_1/bn_1/batchnorm/add_1"], ops=["Softmax"],
+                          signatures="serving_default")  # `serve` is left untouched
     return path, model, out, report
 
 
@@ -155,11 +156,11 @@ def test_add_mode_leaves_signatures_untouched(keras_cnn, tmp_path):
 def test_retapping_does_not_duplicate(keras_cnn, tmp_path):
     path, _ = keras_cnn
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
-    graphtap.tap(path, first, names=["cnn_1/dense_1/Relu"])
+    graphtap.tap(path, first, names=["cnn_1/dense_1/Relu"], signatures="serving_default")
     with pytest.raises(errors.NothingToTap):
         graphtap.tap(first, second, names=["cnn_1/dense_1/Relu"])
     assert not os.path.exists(second)
-    report = graphtap.tap(first, second, ops=["Relu"])
+    report = graphtap.tap(first, second, ops=["Relu"], signatures="serving_default")
     assert "cnn_1/dense_1/Relu" in report.already_tapped
     assert {r.node for r in report.taps} == {"cnn_1/relu_1/Relu", "cnn_1/conv_res_1/Relu"}
     outputs = run_tf1(second, "serving_default", IMAGES)
