@@ -3,10 +3,8 @@
 import contextlib
 import dataclasses
 import gc
-import json
-import os
 
-from graphtap import check, control_flow, errors, io, profiling, protos, wire
+from graphtap import check, control_flow, errors, io, manifest, profiling, protos, wire
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys
@@ -14,7 +12,7 @@ from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
 from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
 
-MANIFEST = os.path.join("assets.extra", "graphtap.json")
+MANIFEST = manifest.PATH
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -391,20 +389,6 @@ def _record(tap, source_signature):
 
 
 def _manifest(model_dir, records):
-    """The manifest JSON: the input's taps (from an earlier run) followed by these."""
-    previous = []
-    path = os.path.join(model_dir, MANIFEST)
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)["taps"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise errors.CorruptModel("unreadable graphtap manifest", path) from None
+    """The manifest's bytes: the input's taps (from an earlier run) followed by these."""
     # A record's __dict__ holds its fields in order: no copy field by field.
-    taps = previous + [vars(record) for record in records]
-    # One tap per line: readable, and json's C encoder does not indent.
-    lines = ",\n".join("  " + _JSON.encode(tap) for tap in taps)
-    return ('{"taps": [\n' + lines + "\n]}\n").encode("utf-8")
-
-
-_JSON = json.JSONEncoder()
+    return manifest.encode((manifest.read(model_dir) or []) + [vars(r) for r in records])
