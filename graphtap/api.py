@@ -10,7 +10,7 @@ from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys
 from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
+from graphtap.select import Prefilter, RegexSet, parse_name_selectors, select
 
 MANIFEST = manifest.PATH
 INIT_OP_SIGNATURE = "__saved_model_init_op"
@@ -190,9 +190,8 @@ def _profiled(candidates, traces, name_selectors, top_k, signature):
     if not name_selectors:
         return [(candidate, None) for candidate in tappable[:top_k]], name_selectors
     picked = []
-    for pattern, key in name_selectors:
-        regex = compile_regex(pattern)
-        matched = [c for c in tappable if regex.fullmatch(c.name)]
+    regexes = RegexSet([pattern for pattern, _ in name_selectors])
+    for (pattern, key), matched in zip(name_selectors, regexes.matched(tappable)):
         if not matched:
             raise errors.NoMatch(f"name selector '{pattern}' matches no traced node", traces[0])
         picked += [(c, key) for c in matched]

@@ -13,13 +13,13 @@ stderr, no traceback).
 
 import json
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 
 import graphtap
 from graphtap import errors, protos
+from graphtap.select import compile_regex
 
 FLAGS = flags.FLAGS
 VERBS = ("tap", "list", "verify", "profile", "dump")
@@ -117,9 +117,9 @@ def _list():
     targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
     if FLAGS.filter:
         try:
-            pattern = re.compile(FLAGS.filter)
-        except re.error as error:
-            raise errors.GraphtapError(f"invalid --filter regex: {error}", FLAGS.filter) from None
+            pattern = compile_regex(FLAGS.filter)
+        except errors.NoMatch as error:
+            raise errors.GraphtapError(f"--filter: {error.what}", FLAGS.filter) from None
         targets = [c for c in targets if pattern.search(c.name)]
     if FLAGS.format == "json":
         rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),

@@ -103,6 +103,10 @@ def _parse(path, message_class, text, stubs=False):
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
         kind = message_class.DESCRIPTOR.name
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
+    except RecursionError:  # text_format recurses once per level of nested messages
+        kind = message_class.DESCRIPTOR.name
+        raise errors.CorruptModel(f"not a valid {kind} protobuf: messages nested too deeply",
+                                  path) from None
 
 
 def check_output(input_path, output_path, overwrite):

@@ -2,13 +2,23 @@
 graphtap error naming what is at fault, or is tapped as TensorFlow would load it."""
 
 import os
+import re
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+from conftest import child_env
 
 import graphtap
-from graphtap import errors, manifest
+from graphtap import errors
+
+MANIFEST = os.path.join("assets.extra", "graphtap.json")
+
+# Python's re backtracks on this for ever on a name with no Z (every Keras name).
+CATASTROPHIC = "([a-z_0-9/]+)+Z"
 
 MANIFESTS = {
     "taps_a_string": '{"taps": "abc"}',
@@ -30,7 +40,7 @@ def cnn_copy(keras_cnn, tmp_path):
 
 
 def _with_manifest(model_dir, text):
-    path = model_dir / manifest.PATH
+    path = model_dir / MANIFEST
     path.parent.mkdir(exist_ok=True)
     path.write_text(text)
     return str(path)
@@ -59,9 +69,109 @@ def test_dump_refuses_a_malformed_manifest(cnn_copy, tmp_path):
 
 
 def test_a_manifest_graphtap_wrote_is_read_back_and_extended(keras_cnn, tmp_path):
+    from graphtap import manifest
+
     once, twice = tmp_path / "once", tmp_path / "twice"
     graphtap.tap(keras_cnn[0], str(once), ops=["Softmax"])
     graphtap.tap(str(once), str(twice), names=[".*/dense_1/Relu"])
     taps = manifest.read(str(twice))
     assert [t["op"] for t in taps] == ["Softmax", "Relu"]
     assert manifest.read(str(keras_cnn[0])) is None
+
+
+def graphtap_cli(*args):
+    """The command line, given a minute: what hung before has no more."""
+    return subprocess.run([sys.executable, "-m", "graphtap", *args], capture_output=True,
+                          text=True, env=child_env(), timeout=60)
+
+
+def _one_line_error(result, message):
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("graphtap: error: ") and len(result.stderr.splitlines()) == 1
+    assert message in result.stderr, result.stderr
+
+
+# Item 9: selector regexes are matched in linear time (RE2), with full-match semantics.
+def test_a_catastrophic_regex_is_matched_at_once(keras_cnn, tmp_path):
+    path, _ = keras_cnn
+    out = str(tmp_path / "out")
+    named = graphtap_cli("tap", f"--input={path}", f"--output={out}", f"--tap_name={CATASTROPHIC}")
+    _one_line_error(named, f"name selector '{CATASTROPHIC}' matches no tappable tensor")
+    excluded = graphtap_cli("tap", f"--input={path}", f"--output={out}", "--tap_op=Relu",
+                            f"--exclude={CATASTROPHIC}")
+    assert excluded.returncode == 0, excluded.stderr
+    assert excluded.stdout.splitlines()[-1] == f"tapped 3 tensor(s) -> {out}"
+    listed = graphtap_cli("list", f"--input={path}", f"--filter={CATASTROPHIC}")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == ["name", "op", "dtype", "shape", "layer", "function",
+                                     "tappable"]
+
+
+@pytest.mark.parametrize("pattern", ["(?=cnn_1/dense_1).*", "(?<!x)cnn_1/dense_1/Relu",
+                                     r"(c)\1?nn_1/dense_1/Relu"])
+def test_lookaround_and_backreferences_are_refused_naming_the_selector(keras_cnn, tmp_path,
+                                                                       pattern):
+    path, _ = keras_cnn
+    for selectors in ({"names": [pattern]}, {"ops": ["Relu"], "exclude": [pattern]}):
+        with pytest.raises(errors.NoMatch, match="invalid regex.*RE2") as refused:
+            graphtap.tap(path, str(tmp_path / "out"), **selectors)
+        assert refused.value.where == pattern
+    listed = graphtap_cli("list", f"--input={path}", f"--filter={pattern}")
+    _one_line_error(listed, "--filter: invalid regex")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_selectors_still_full_match(keras_cnn):
+    from graphtap.select import RegexSet
+
+    names = [c.name for c in graphtap.list_targets(keras_cnn[0])]
+    patterns = ["cnn_1/dense_1/Relu", "cnn_1/dense_1", ".*Relu", "cnn_1/(conv|dense)_1/.*",
+                ".*/Relu|StatefulPartitionedCall", "[^/]*", "cnn_1/dense_1/Rel", "(?i)CNN_1/.*"]
+    found = RegexSet(patterns).matched([_Named(name) for name in names])
+    for pattern, matched in zip(patterns, found):
+        assert [c.name for c in matched] == [n for n in names if re.fullmatch(pattern, n)]
+    assert [len(m) for m in found[:3]] == [1, 0, 3]
+
+
+class _Named:
+    def __init__(self, name):
+        self.name = name
+
+
+def test_ten_thousand_selectors_take_well_under_a_second(mobilenet_v2, tmp_path):
+    path, _ = mobilenet_v2
+    names = [c.name for c in graphtap.list_targets(path) if not c.blocked]
+    patterns = [f"{re.escape(names[i % len(names)])}|unused_{i}" for i in range(10000)]
+    start = time.perf_counter()
+    report = graphtap.tap(path, str(tmp_path / "out"), names=patterns)
+    seconds = time.perf_counter() - start
+    assert len(report.taps) == len(names)
+    assert seconds < 2.0  # 5.8 s with a Python regex per selector and name; 0.4 s with RE2
+
+
+# Item 15: a text protobuf nested deeper than text_format recurses; a huge repetition.
+def _nested_pbtxt(path, depth):
+    """A GraphDef in text whose attr value nests functions `depth` deep (three messages
+    each)."""
+    path.write_text('node { name: "x" op: "Const" attr { key: "a" value { '
+                    + 'func { name: "f" attr { key: "b" value { ' * depth
+                    + "} } } " * depth + "} } }")
+    return str(path)
+
+
+def test_a_pbtxt_nested_too_deep_is_a_corrupt_model(tmp_path):
+    shallow = _nested_pbtxt(tmp_path / "150.pbtxt", 150)  # too deep for Python's own limit
+    listed = graphtap_cli("list", f"--input={shallow}")
+    _one_line_error(listed, f"not a valid GraphDef protobuf: messages nested too deeply "
+                            f"({shallow})")
+    deep = _nested_pbtxt(tmp_path / "1000.pbtxt", 1000)  # and for TensorFlow's, here
+    with pytest.raises(errors.CorruptModel, match="nested too deeply") as refused:
+        graphtap.tap(deep, str(tmp_path / "out.pbtxt"), ops=["Const"])
+    assert refused.value.where == deep
+
+
+def test_a_huge_repetition_count_is_no_internal_error(keras_cnn, tmp_path):
+    path, _ = keras_cnn
+    result = graphtap_cli("tap", f"--input={path}", f"--output={tmp_path / 'out'}",
+                          "--tap_name=a{99999999999}")
+    _one_line_error(result, "name selector 'a{99999999999}' matches no tappable tensor")
