@@ -3,6 +3,7 @@ graphtap error naming what is at fault, or is tapped as TensorFlow would load it
 
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -10,10 +11,11 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import child_env
 
 import graphtap
-from graphtap import errors
+from graphtap import errors, protos
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
 
@@ -175,3 +177,50 @@ def test_a_huge_repetition_count_is_no_internal_error(keras_cnn, tmp_path):
     result = graphtap_cli("tap", f"--input={path}", f"--output={tmp_path / 'out'}",
                           "--tap_name=a{99999999999}")
     _one_line_error(result, "name selector 'a{99999999999}' matches no tappable tensor")
+
+
+class _Unstacks(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([2, 3], tf.float32, name="x")])
+    def __call__(self, x):
+        first, second = tf.unstack(x, num=2)
+        return {"output_0": tf.nn.relu(first - second, name="act")}
+
+
+def _limited_memory():
+    """In the child: at most 4 GiB of address space, so that what used to allocate until
+    memory ran out fails fast instead, and harms nothing else on the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+
+# Item 10: an output count from an attr (an Unpack's `num`) is bounded.
+@pytest.mark.parametrize("count", [2**40, (1 << 20) + 1, -1])
+def test_an_absurd_output_count_is_a_corrupt_model_naming_the_node(tmp_path, count):
+    model = str(tmp_path / "model")
+    tf.saved_model.save(_Unstacks(), model)
+
+    def claim(meta_graph):
+        unpacks = [node for function in meta_graph.graph_def.library.function
+                   for node in function.node_def if node.op == "Unpack"]
+        assert len(unpacks) == 1
+        unpacks[0].attr["num"].i = count
+        return unpacks[0].name
+
+    name = _edit_meta_graph(model, claim)
+    for args in (("list",), ("tap", f"--output={tmp_path / 'out'}", "--tap_name=.*")):
+        result = subprocess.run([sys.executable, "-m", "graphtap", *args, f"--input={model}"],
+                                capture_output=True, text=True, env=child_env(), timeout=120,
+                                preexec_fn=_limited_memory)
+        _one_line_error(result, f"node '{name}' (Unpack) claims {count} outputs in attr 'num'")
+    assert not os.path.exists(tmp_path / "out")
+
+
+def _edit_meta_graph(model_dir, edit):
+    """Applies `edit` to the meta graph of the SavedModel at `model_dir`; returns what it
+    returns."""
+    path = os.path.join(model_dir, "saved_model.pb")
+    with open(path, "rb") as f:
+        saved_model = protos.SavedModel.FromString(f.read())
+    result = edit(saved_model.meta_graphs[0])
+    with open(path, "wb") as f:
+        f.write(saved_model.SerializeToString())
+    return result
