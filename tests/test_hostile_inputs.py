@@ -1,6 +1,7 @@
 """Hostile inputs that used to hang graphtap or crash it (issue #15): each now gets a clear
 graphtap error naming what is at fault, or is tapped as TensorFlow would load it."""
 
+import json
 import os
 import re
 import resource
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import child_env
+from loaders import run_tf2
 
 import graphtap
 from graphtap import errors, protos
@@ -224,3 +226,62 @@ def _edit_meta_graph(model_dir, edit):
     with open(path, "wb") as f:
         f.write(saved_model.SerializeToString())
     return result
+
+
+@tf.function
+def _inner(x):
+    return tf.nn.relu(x * 2.0, name="deepest")
+
+
+class _Calls(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([3], tf.float32, name="x")])
+    def __call__(self, x):
+        return {"output_0": _inner(x) + 1.0}
+
+
+def _nest(meta_graph, depth):
+    """Puts `depth` functions between the signature's function and the one it calls, each
+    calling the next by a PartitionedCall."""
+    library = meta_graph.graph_def.library.function
+    inner = next(f for f in library if f.signature.name.startswith("__inference__inner"))
+    callers = [node for f in library for node in f.node_def
+               if "Call" in node.op and node.attr["f"].func.name == inner.signature.name]
+    callee = inner.signature.name
+    for level in reversed(range(depth)):
+        function = library.add()
+        function.signature.CopyFrom(inner.signature)
+        function.signature.name = f"graphtap_test_level_{level}"
+        call = function.node_def.add(name="call", op="PartitionedCall",
+                                     input=[inner.signature.input_arg[0].name])
+        call.attr["f"].func.name = callee
+        call.attr["Tin"].list.type.append(inner.signature.input_arg[0].type)
+        call.attr["Tout"].list.type.append(inner.signature.output_arg[0].type)
+        function.ret[inner.signature.output_arg[0].name] = "call:output:0"
+        callee = function.signature.name
+    for node in callers:
+        node.attr["f"].func.name = callee
+
+
+# Item 13: calls nested deeper than Python's recursion limit (1000 in the command line).
+def test_a_tap_a_thousand_calls_deep_loads_and_is_right(tmp_path):
+    model, out = str(tmp_path / "model"), str(tmp_path / "out")
+    tf.saved_model.save(_Calls(), model)
+    depth = 1000
+    _edit_meta_graph(model, lambda meta_graph: _nest(meta_graph, depth))
+    x = np.array([-1.0, 0.5, 2.0], "float32")
+    assert np.array_equal(run_tf2(model, "serving_default", {"x": x})["output_0"],
+                          np.maximum(x * 2, 0) + 1)  # TensorFlow runs it as it is
+
+    listed = graphtap_cli("list", f"--input={model}", "--filter=deepest", "--format=json")
+    tapped = graphtap_cli("tap", f"--input={model}", f"--output={out}",
+                          "--tap_name=deepest=deepest")
+
+    assert listed.returncode == 0, listed.stderr
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["deepest"]
+    assert tapped.returncode == 0, tapped.stderr
+    from graphtap import manifest
+
+    assert [len(t["call_path"]) for t in manifest.read(out)] == [depth + 3]
+    outputs = run_tf2(out, "serving_default", {"x": x})
+    assert np.array_equal(outputs["deepest"], np.maximum(x * 2, 0))
+    assert np.array_equal(outputs["output_0"], np.maximum(x * 2, 0) + 1)
