@@ -17,7 +17,7 @@ from conftest import child_env
 from loaders import run_tf2
 
 import graphtap
-from graphtap import errors, protos
+from graphtap import errors, protos, wire
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
 
@@ -285,3 +285,45 @@ def test_a_tap_a_thousand_calls_deep_loads_and_is_right(tmp_path):
     outputs = run_tf2(out, "serving_default", {"x": x})
     assert np.array_equal(outputs["deepest"], np.maximum(x * 2, 0))
     assert np.array_equal(outputs["output_0"], np.maximum(x * 2, 0) + 1)
+
+
+# Item 19: a FunctionDef whose signature comes in two records, which protobuf merges.
+def test_a_function_whose_signature_comes_twice_is_read_as_protobuf_reads_it(keras_cnn,
+                                                                             tmp_path):
+    source, _ = keras_cnn
+    with open(os.path.join(source, "saved_model.pb"), "rb") as f:
+        saved_model = protos.SavedModel.FromString(f.read())
+    meta_graph = saved_model.meta_graphs[0]
+    graph = meta_graph.graph_def
+    target = next(f for f in graph.library.function if any(n.op == "Relu" for n in f.node_def))
+    rest = protos.FunctionDef()
+    rest.CopyFrom(target)
+    rest.ClearField("signature")
+    split = (wire.length_delimited(1, protos.OpDef(name="decoy").SerializeToString())
+             + rest.SerializeToString(deterministic=True)
+             + wire.length_delimited(1, target.signature.SerializeToString(deterministic=True)))
+    assert protos.FunctionDef.FromString(split) == target
+    library = b"".join(wire.length_delimited(1, split if f is target else f.SerializeToString())
+                       for f in graph.library.function)
+    graph_bytes = (b"".join(wire.length_delimited(1, n.SerializeToString()) for n in graph.node)
+                   + wire.length_delimited(2, library)
+                   + wire.length_delimited(4, graph.versions.SerializeToString()))
+    meta_graph.ClearField("graph_def")
+    model = tmp_path / "model"
+    shutil.copytree(source, model)
+    (model / "saved_model.pb").write_bytes(
+        protos.SavedModel(saved_model_schema_version=1).SerializeToString()
+        + wire.length_delimited(2, meta_graph.SerializeToString() + wire.length_delimited(
+            2, graph_bytes)))
+    images = np.random.default_rng(0).random((2, 16, 16, 3), "float32")
+    expected = run_tf2(source, "serving_default", {"image": images})["output_0"]
+    assert np.array_equal(run_tf2(str(model), "serving_default", {"image": images})["output_0"],
+                          expected)  # TensorFlow loads it
+
+    listed = graphtap.list_targets(str(model))
+    report = graphtap.tap(str(model), str(tmp_path / "out"), ops=["Relu"])
+
+    assert [c.name for c in listed] == [c.name for c in graphtap.list_targets(source)]
+    outputs = run_tf2(str(tmp_path / "out"), "serving_default", {"image": images})
+    assert np.array_equal(outputs["output_0"], expected)
+    assert sorted(outputs) == sorted(["output_0", *(t.key for t in report.taps)])
