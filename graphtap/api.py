@@ -3,18 +3,17 @@
 import contextlib
 import dataclasses
 import gc
-import json
-import os
 
-from graphtap import aliases, check, control_flow, errors, io, paths, profiling, protos, wire
+from graphtap import (aliases, check, control_flow, errors, io, manifest, paths, profiling,
+                      protos, wire)
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys, unique_name
 from graphtap.layers import LayerMap
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import Prefilter, compile_regex, parse_name_selectors, select
+from graphtap.select import Prefilter, RegexSet, parse_name_selectors, select
 
-MANIFEST = io.OUTPUT_MARK
+MANIFEST = manifest.PATH
 INIT_OP_SIGNATURE = "__saved_model_init_op"
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -188,8 +187,8 @@ def _tap(
                        set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature], same_function.get(sources[t.signature]))
                for t in taps]
-    manifest = _manifest(model.path, records)
-    io.write_saved_model(model.proto, model.path, output_path, {MANIFEST: manifest}, overwrite,
+    io.write_saved_model(model.proto, model.path, output_path,
+                         {MANIFEST: _manifest(model.path, records)}, overwrite,
                          layout, _edits(rewrite), link_variables)
     asked = tuple(r for r in records if r.same_function_as is None)
     return Report(input_path, output_path, asked, tuple(sorted(set(already))),
@@ -255,9 +254,8 @@ def _profiled(candidates, traces, name_selectors, top_k, signature):
     if not name_selectors:
         return [(candidate, None) for candidate in tappable[:top_k]], name_selectors
     picked = []
-    for pattern, key in name_selectors:
-        regex = compile_regex(pattern)
-        matched = [c for c in tappable if regex.fullmatch(c.name)]
+    regexes = RegexSet([pattern for pattern, _ in name_selectors])
+    for (pattern, key), matched in zip(name_selectors, regexes.matched(tappable)):
         if not matched:
             raise errors.NoMatch(f"name selector '{pattern}' matches no traced node", traces[0])
         picked += [(c, key) for c in matched]
@@ -456,20 +454,6 @@ def _record(tap, source_signature, same_function_as=None):
 
 
 def _manifest(model_dir, records):
-    """The manifest JSON: the input's taps (from an earlier run) followed by these."""
-    previous = []
-    path = os.path.join(model_dir, MANIFEST)
-    if os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                previous = json.load(f)["taps"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise errors.CorruptModel("unreadable graphtap manifest", path) from None
+    """The manifest's bytes: the input's taps (from an earlier run) followed by these."""
     # A record's __dict__ holds its fields in order: no copy field by field.
-    taps = previous + [vars(record) for record in records]
-    # One tap per line: readable, and json's C encoder does not indent.
-    lines = ",\n".join("  " + _JSON.encode(tap) for tap in taps)
-    return ('{"taps": [\n' + lines + "\n]}\n").encode("utf-8")
-
-
-_JSON = json.JSONEncoder()
+    return manifest.encode((manifest.read(model_dir) or []) + [vars(r) for r in records])

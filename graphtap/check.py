@@ -124,12 +124,20 @@ class _CallChecker:
         self._output_types = {}
 
     def check(self, node):
-        """The call node's Tout agrees with its callee, whose rets are well-formed;
-        recursively through the calls in the callee."""
+        """The call node's Tout agrees with its callee, whose rets are well-formed; and so
+        on through the calls in the callee, depth first (with a stack of its own: call
+        chains may be deeper than Python's recursion limit)."""
+        pending = [node]
+        while pending:
+            pending.extend(reversed(self._check_call(pending.pop())))
+
+    def _check_call(self, node):
+        """Checks one call node (and, the first time, its callee); returns the callee's
+        call nodes to check next."""
         callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
         callee = self.functions.get(callee_name)
         if callee is None:
-            return
+            return ()
         if callee_name not in self._output_types:
             self._output_types[callee_name] = [arg.type for arg in callee.signature.output_arg]
         output_types = self._output_types[callee_name]
@@ -140,7 +148,7 @@ class _CallChecker:
         ):
             _fail(f"_output_shapes of call node '{node.name}' has the wrong length", callee_name)
         if callee_name in self.checked:
-            return
+            return ()
         self.checked.add(callee_name)
         names = [arg.name for arg in callee.signature.output_arg]
         if sorted(names) != sorted(callee.ret):
@@ -152,8 +160,7 @@ class _CallChecker:
                 inputs = inputs or {arg.name for arg in callee.signature.input_arg}
                 if ref not in inputs:
                     _fail(f"ret names missing tensor '{ref}'", callee_name)
-        for inner in calls:
-            self.check(inner)
+        return calls
 
     def _names_and_calls(self, name, function):
         """The body's node names, and its nodes that call a function."""

@@ -14,13 +14,13 @@ stderr, no traceback), 130 when interrupted (Ctrl-C).
 import contextlib
 import json
 import os
-import re
 import sys
 
 from absl import app, flags, logging
 
 import graphtap
 from graphtap import errors, paths, protos
+from graphtap.select import compile_regex
 
 FLAGS = flags.FLAGS
 VERBS = ("tap", "list", "verify", "profile", "dump")
@@ -127,9 +127,9 @@ def _list():
     targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
     if FLAGS.filter:
         try:
-            pattern = re.compile(FLAGS.filter)
-        except re.error as error:
-            raise errors.BadArgument(f"invalid --filter regex: {error}", FLAGS.filter) from None
+            pattern = compile_regex(FLAGS.filter)
+        except errors.NoMatch as error:
+            raise errors.BadArgument(f"--filter: {error.what}", FLAGS.filter) from None
         targets = [c for c in targets if pattern.search(c.name)]
     if FLAGS.format == "json":
         rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),

@@ -17,8 +17,8 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from graphtap import errors, io, paths
-from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE, MANIFEST
+from graphtap import errors, io, manifest, paths
+from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE
 from graphtap.stats import RunningStats
 
 STATS_FILE = "stats.json"
@@ -160,14 +160,7 @@ class _Runner:
 
 def _manifest_keys(model_dir, signature):
     """Keys of `signature` that graphtap added as taps (none for an untapped model)."""
-    try:
-        with open(os.path.join(model_dir, MANIFEST), encoding="utf-8") as f:
-            return {t["key"] for t in json.load(f)["taps"] if t["signature"] == signature}
-    except FileNotFoundError:
-        return set()
-    except (OSError, ValueError, KeyError, TypeError):
-        raise errors.CorruptModel("unreadable graphtap manifest",
-                                  os.path.join(model_dir, MANIFEST)) from None
+    return {t["key"] for t in manifest.read(model_dir) or () if t["signature"] == signature}
 
 
 class NpyFile:

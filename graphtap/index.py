@@ -306,14 +306,24 @@ class GraphIndex:
         outputs become candidates, which spares resolving every node's outputs.
         """
         cone = self._outer_cone(root_nodes, follow_inputs=outer_tensors)
-        found = []
-        self._collect(None, (), None, frozenset(), found, cone, outer_tensors, keep)
-        return found
+        return self._collect(cone, outer_tensors, keep)
 
     def all_candidates(self, keep=None):
         """Every tensor of the graph (for frozen GraphDefs, which have no signatures)."""
+        return self._collect(None, True, keep)
+
+    def _collect(self, only, tensors, keep):
+        """The candidates of the outer graph's nodes in `only` (None: all), its own tensors
+        if `tensors`, and everything the functions they call compute, in graph order, depth
+        first. Iterative: call chains may be deeper than Python's recursion limit."""
         found = []
-        self._collect(None, (), None, frozenset(), found, None, True, keep)
+        frames = [self._visit(None, (), None, frozenset(), found, only, tensors, keep)]
+        while frames:
+            callee = next(frames[-1], None)
+            if callee is None:
+                frames.pop()
+            else:
+                frames.append(self._visit(*callee, found, None, True, keep))
         return found
 
     def _outer_cone(self, root_nodes, follow_inputs=True):
@@ -333,7 +343,10 @@ class GraphIndex:
                 stack.extend(node_of(ref) for ref in body.nodes[position].input)
         return seen
 
-    def _collect(self, function, calls, blocked, active, found, only, tensors, keep):
+    def _visit(self, function, calls, blocked, active, found, only, tensors, keep):
+        """Adds the candidates of one body to `found`; yields (function, calls, blocked,
+        active) for each function it calls, at the point where that function's candidates
+        go (see _collect)."""
         if function is not None:
             if function in active:
                 raise errors.CorruptModel(f"function library has a call cycle through '{function}'")
@@ -362,8 +375,7 @@ class GraphIndex:
                         f"{where}; tap the outputs of '{name}' instead{loop_hint}, or leave it "
                         "out with --exclude"
                     )
-                call = Call(function, name, callee)
-                self._collect(callee, calls + (call,), reason, active, found, None, True, keep)
+                yield callee, calls + (Call(function, name, callee),), reason, active
 
     def _producers(self, body, keep):
         """Positions of the body's nodes whose outputs may be candidates: not graphtap's

@@ -11,7 +11,7 @@ import os
 
 from google.protobuf import message, text_format
 
-from graphtap import errors, paths, protos, source_files, staging, wire
+from graphtap import errors, manifest, paths, protos, source_files, staging, wire
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -20,7 +20,7 @@ VARIABLES_INDEX = os.path.join("variables", "variables.index")
 TEXT_SUFFIXES = (".pbtxt", ".txt")
 # Every SavedModel graphtap writes holds its manifest: an existing output without one is
 # not graphtap's, and is never replaced.
-OUTPUT_MARK = os.path.join("assets.extra", "graphtap.json")
+OUTPUT_MARK = manifest.PATH
 # Set to 1, every spliced write is checked against the whole rewritten message (tests do).
 VERIFY_SPLICE_ENV = "GRAPHTAP_VERIFY_SPLICE"
 
@@ -99,6 +99,10 @@ def _parse(path, message_class, text, stubs=False):
     except (message.DecodeError, text_format.ParseError, UnicodeDecodeError) as error:
         kind = message_class.DESCRIPTOR.name
         raise errors.CorruptModel(f"not a valid {kind} protobuf: {error}", path) from None
+    except RecursionError:  # text_format recurses once per level of nested messages
+        kind = message_class.DESCRIPTOR.name
+        raise errors.CorruptModel(f"not a valid {kind} protobuf: messages nested too deeply",
+                                  path) from None
 
 
 def check_output(input_paths, output_path, overwrite, is_directory=True, mark=OUTPUT_MARK):

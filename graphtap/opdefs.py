@@ -22,6 +22,12 @@ from graphtap import errors, protos
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 _FUNC_TYPES = frozenset({"func", "list(func)"})
 
+# The most outputs a node may have. An attr (`num` of an Unpack, `num_split` of a Split)
+# says how many: a number a model can make as large as it likes, where every output costs
+# graphtap (and TensorFlow, which builds an edge per output) memory and time. No real op
+# comes near a million outputs; a million Output records take about 100 MB.
+MAX_OUTPUTS = 1 << 20
+
 # One output tensor of a node: `arg` and `index` name it inside a function body
 # (`node:arg:index`); its position in the node's flat output list names it in a graph.
 Output = collections.namedtuple("Output", "arg index dtype")
@@ -74,9 +80,11 @@ class OpRegistry:
             if number_attr:
                 dtype = fixed_type or _attr(node, op_def, type_attr).type
                 count = _attr(node, op_def, number_attr).i
+                _check_count(node, number_attr, count, len(outputs))
                 outputs.extend(Output(name, i, dtype) for i in range(count))
             elif type_list_attr:
                 dtypes = _attr(node, op_def, type_list_attr).list.type
+                _check_count(node, type_list_attr, len(dtypes), len(outputs))
                 outputs.extend(Output(name, i, dtype) for i, dtype in enumerate(dtypes))
             else:
                 outputs.append(Output(name, 0, fixed_type or _attr(node, op_def, type_attr).type))
@@ -92,6 +100,15 @@ class OpRegistry:
         if fields is None:
             fields = self._output_arg_fields[op_type] = _output_arg_fields(self.op_def(op_type))
         return fields
+
+
+def _check_count(node, attr_name, count, before):
+    """Refuses an output count (from attr `attr_name`) no model can hold: negative, or
+    more than MAX_OUTPUTS outputs with the `before` the node already has."""
+    if count < 0 or before + count > MAX_OUTPUTS:
+        raise errors.CorruptModel(
+            f"node '{node.name}' ({node.op}) claims {count} outputs in attr '{attr_name}'; "
+            f"a node can have 0 to {MAX_OUTPUTS}")
 
 
 def _output_arg_fields(op_def):

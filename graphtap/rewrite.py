@@ -484,36 +484,50 @@ def _permute(parent, field_name, order):
 def _must_clone(references, calls_on_path, own_objects, decided, function):
     """Whether `function` must be copied: something other than its callers on the paths,
     or the signature's own objects, refers to it, or it is called from a copy. Memoized in
-    `decided`. (A module function, not a closure: a recursive closure is a reference cycle
-    that would keep the whole index alive until the next garbage collection.)"""
-    if function not in decided:
-        decided[function] = False  # cycles were refused by the index
-        for kind, where, node in references[function]:
-            if kind == "node" and (where, node) in calls_on_path:
-                if where is not None and _must_clone(references, calls_on_path, own_objects,
-                                                     decided, where):
-                    decided[function] = True
-            elif not (kind == "object" and where in own_objects[function]):
-                decided[function] = True
+    `decided`, for the callers too, which are judged first, with a stack of its own: call
+    chains may be deeper than Python's recursion limit."""
+    stack, entered = [function], set()
+    while stack:
+        current = stack[-1]
+        if current in decided:
+            stack.pop()
+            continue
+        callers = [where for kind, where, node in references[current]
+                   if kind == "node" and (where, node) in calls_on_path and where is not None]
+        if current not in entered:
+            entered.add(current)
+            pending = [caller for caller in callers
+                       if caller not in decided and caller not in entered]  # cycles were
+            if pending:  # refused by the index; one would count as no reason to copy
+                stack.extend(pending)
+                continue
+        decided[current] = any(decided.get(caller, False) for caller in callers) or any(
+            not (kind == "node" and (where, node) in calls_on_path)
+            and not (kind == "object" and where in own_objects[current])
+            for kind, where, node in references[current])
+        stack.pop()
     return decided[function]
 
 
 def _callees_first(calls_on_path):
-    """Functions on the paths, each after every function it calls on a path."""
+    """Functions on the paths, each after every function it calls on a path (depth first,
+    with a stack of its own: call chains may be deeper than Python's recursion limit)."""
     callees = collections.defaultdict(set)
     for (caller, _), callee in calls_on_path.items():
         callees[caller].add(callee)
     order, seen = [], set()
     for root in sorted(callees[None]):
-        _visit_callees(root, callees, seen, order)
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(sorted(callees[root])))]
+        while stack:
+            function, pending = stack[-1]
+            callee = next(pending, None)
+            if callee is None:
+                stack.pop()
+                order.append(function)
+            elif callee not in seen:
+                seen.add(callee)
+                stack.append((callee, iter(sorted(callees[callee]))))
     return order
-
-
-def _visit_callees(function, callees, seen, order):
-    """Appends `function` to `order` after its unseen callees, depth first."""
-    if function in seen:
-        return
-    seen.add(function)
-    for callee in sorted(callees[function]):
-        _visit_callees(callee, callees, seen, order)
-    order.append(function)

@@ -8,15 +8,14 @@ shape; taps are finite unless the original's outputs are not. Imports TensorFlow
 """
 
 import dataclasses
-import json
 import os
 import statistics
 import time
 
 import numpy as np
 
-from graphtap import errors
-from graphtap.api import INIT_OP_SIGNATURE, MANIFEST
+from graphtap import errors, manifest
+from graphtap.api import INIT_OP_SIGNATURE
 
 LOAD_PATHS = ("tf2", "tf1")
 
@@ -142,16 +141,10 @@ def _compatible(shape, manifest_shape):
 
 
 def _manifest_taps(tapped_dir):
-    path = os.path.join(tapped_dir, MANIFEST)
-    try:
-        with open(path, encoding="utf-8") as f:
-            taps = json.load(f)["taps"]
-    except FileNotFoundError:
-        raise errors.NotAModel("no graphtap manifest: not a tapped model", path) from None
-    except (OSError, ValueError, KeyError, TypeError):
-        raise errors.CorruptModel("unreadable graphtap manifest", path) from None
-    for tap in taps:
-        tap.setdefault("source_signature", tap["signature"])
+    taps = manifest.read(tapped_dir)
+    if taps is None:
+        raise errors.NotAModel("no graphtap manifest: not a tapped model",
+                               os.path.join(tapped_dir, manifest.PATH))
     return taps
 
 

@@ -109,7 +109,7 @@ def stubbed(data):
     function of the graph's library cut down to a stub holding only its name, to parse in
     place of `data`, and the Layout of `data`, whose `stubs` say where each function's
     bytes are. None if the model has several meta graphs, no functions, or a function
-    whose name is not its first field's first field (as TensorFlow writes it)."""
+    whose name cannot be read from its bytes."""
     found = layout(data, 0, 1)  # None unless there is exactly one meta graph
     if found is None or not found.function_records:
         return None
@@ -140,28 +140,27 @@ def _stubbed(data, found):
 
 
 def _function_name(data, start, end):
-    """The name of the FunctionDef in data[start:end], read from its first record (the
-    signature) and that record's first (the name); None if they are not there."""
-    signature = _leading_field(data, start, end, _FUNCTION_SIGNATURE)
-    name = signature and _leading_field(data, *signature, _OP_DEF_NAME)
+    """The name of the FunctionDef in data[start:end] as protobuf parses it: its signature
+    may come in several records, which protobuf merges, and the name's last occurrence
+    wins. None if a name or signature record is not length-delimited (protobuf would not
+    read it as one), or the name is not UTF-8."""
+    name = None
+    for number, wire_type, _, value_start, value_end in records(data, start, end):
+        if number != _FUNCTION_SIGNATURE:
+            continue
+        if wire_type != _LENGTH_DELIMITED:
+            return None
+        for field, field_type, _, name_start, name_end in records(data, value_start, value_end):
+            if field == _OP_DEF_NAME:
+                if field_type != _LENGTH_DELIMITED:
+                    return None
+                name = (name_start, name_end)
     if not name:
         return None
     try:
         return data[name[0]:name[1]].decode("utf-8")
     except UnicodeDecodeError:
         return None
-
-
-def _leading_field(data, start, end, number):
-    """(start, end) of the value of the first record in data[start:end] if it is field
-    `number`, length-delimited; else None."""
-    if start >= end:
-        return None
-    tag, position = _read_varint(data, start)
-    if tag != number << 3 | _LENGTH_DELIMITED:
-        return None
-    length, position = _read_varint(data, position)
-    return (position, position + length) if position + length <= end else None
 
 
 def fill_stub(layout, function):

@@ -108,7 +108,7 @@ def test_zero_fraction_finds_a_dead_layer(tmp_path):
 
 
 def test_nan_counts_find_an_injected_nan(tapped_cnn, tmp_path):
-    _, out, _, _ = tapped_cnn
+    _, out, taps, _ = tapped_cnn
     images = IMAGES[:9].copy()
     images[4, 8, 8, 1] = np.nan
     expected = run_tf2(out, "serving_default", {"image": images})
@@ -116,7 +116,9 @@ def test_nan_counts_find_an_injected_nan(tapped_cnn, tmp_path):
                           progress=False)
     for key, values in expected.items():
         assert stats[key]["nan_count"] == np.count_nonzero(np.isnan(values))
-    assert all(stats[key]["nan_count"] > 0 for key in expected)
+    # Whether Relu(NaN) is NaN depends on the CPU's kernel: the NaN surely reaches the first
+    # Relu (after a Conv2D), not necessarily those after it.
+    assert stats[taps[0]]["nan_count"] > 0
     finite = expected["output_0"][np.isfinite(expected["output_0"])]
     np.testing.assert_allclose(stats["output_0"]["mean"], finite.mean(), rtol=1e-6)
 
