@@ -262,14 +262,17 @@ def _profiled(candidates, traces, name_selectors, top_k, signature):
     return picked, []
 
 
-def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size=1):
+def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size=1,
+            custom_ops=()):
     """Runs a signature `runs` times under TensorFlow's profiler, writing the standard
     trace (`logdir/plugins/profile/<run>/<host>.xplane.pb`), and returns its
     profiling.ProfileMatch. inputs: {name: array}; others are random, `batch_size`
-    examples. Imports TensorFlow."""
+    examples. custom_ops: modules to import and `.so` files to load first, for the model's
+    custom ops. Imports TensorFlow."""
     with _about(input_path):
         paths.check_not_inside(input_path, logdir)
-        key = profiling.run_profile(input_path, logdir, inputs, signature, runs, batch_size)
+        key = profiling.run_profile(input_path, logdir, inputs, signature, runs, batch_size,
+                                    custom_ops=custom_ops)
     return profile_times(input_path, logdir, key)
 
 

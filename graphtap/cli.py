@@ -77,6 +77,9 @@ flags.DEFINE_enum("save", "stats", ["stats", "npz"], "dump: `stats` writes stats
                   "also every output's values, one KEY.npz per output key.")
 flags.DEFINE_string("tensorboard", None, "dump: also write TensorBoard summaries (a histogram "
                     "and scalars per output, one step a batch) to this log directory.")
+flags.DEFINE_multi_string("custom_ops", [], "verify, dump, profile: a Python module to import "
+                          "(tensorflow_text) or an op library to load (a file ending in .so) "
+                          "before the model, for the custom ops it uses. Repeatable.")
 flags.DEFINE_integer("runs", 1, "verify: with N > 1, also report each signature's median "
                      "latency over N runs, original and tapped.", lower_bound=1)
 
@@ -85,14 +88,10 @@ def main(argv):
     if len(argv) != 2 or argv[1] not in VERBS:
         raise errors.BadArgument(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
                                    "(see --help)")
-    if argv[1] == "verify":
-        _verify()
-        return
-    if argv[1] == "dump":
-        _dump()
-        return
-    if argv[1] == "profile":
-        _profile()
+    run = {"verify": _verify, "dump": _dump, "profile": _profile}.get(argv[1])
+    if run:
+        with _custom_ops_hint():
+            run()
         return
     _require("input")
     if argv[1] == "tap":
@@ -190,7 +189,8 @@ def _dump():
     stats = graphtap.dump(FLAGS.model, data, FLAGS.out, signature=signature,
                           batch_size=FLAGS.batch_size, max_examples=FLAGS.max_examples,
                           save=FLAGS.save, tensorboard=FLAGS.tensorboard,
-                          overwrite=FLAGS.overwrite, tag_set=FLAGS.tag_set)
+                          overwrite=FLAGS.overwrite, tag_set=FLAGS.tag_set,
+                          custom_ops=FLAGS.custom_ops)
     rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
@@ -210,7 +210,7 @@ def _profile():
     runs = FLAGS.runs if FLAGS["runs"].present else 10
     batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else 1
     traced = graphtap.profile(FLAGS.input, FLAGS.logdir, _named_arrays(np.load), signature,
-                              runs=runs, batch_size=batch_size)
+                              runs=runs, batch_size=batch_size, custom_ops=FLAGS.custom_ops)
     total = sum(t.picoseconds for t in traced.times)
     rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
              f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:FLAGS.top_k]]
@@ -244,7 +244,8 @@ def _verify():
                 inputs.update({name: archive[name] for name in archive.files})
         except (OSError, ValueError) as error:
             raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
-    result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set)
+    result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set,
+                    custom_ops=FLAGS.custom_ops)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
     failed = sum(c.status != "match" for c in result.checks)
@@ -257,6 +258,16 @@ def _verify():
         print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
     if failed:
         sys.exit(1)
+
+
+@contextlib.contextmanager
+def _custom_ops_hint():
+    """Says which flag loads the library when a model to run uses an op TensorFlow lacks."""
+    try:
+        yield
+    except errors.UnknownOp as error:
+        raise errors.UnknownOp(f"{error.what}: --custom_ops=MODULE_OR_FILE.so",
+                               error.where) from None
 
 
 def _require(name):

@@ -17,7 +17,7 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from graphtap import errors, io, manifest, paths
+from graphtap import errors, io, manifest, paths, runtime
 from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE
 from graphtap.stats import RunningStats
 
@@ -30,7 +30,7 @@ class BadInput(errors.GraphtapError):
 
 
 def activations(model_dir, data, signature=None, batch_size=64, max_examples=None,
-                tag_set="serve"):
+                tag_set="serve", custom_ops=()):
     """Yields {output key: np.ndarray} for each batch of `data` run through a signature.
 
     data: {input name: array} (numpy arrays, or graphtap.NpyFile to read a .npy a batch
@@ -38,21 +38,24 @@ def activations(model_dir, data, signature=None, batch_size=64, max_examples=Non
       already a batch (a batched tf.data.Dataset of dicts, for one).
     signature: its key; default `serving_default`, or the only one.
     tag_set: tags of the meta graph to load, comma-separated.
+    custom_ops: modules to import and `.so` files to load first, for the model's custom
+      ops (runtime.load_custom_ops).
     """
-    runner = _Runner(model_dir, signature, tag_set)
+    runner = _Runner(model_dir, signature, tag_set, custom_ops)
     for batch in _batches(data, batch_size, max_examples, runner.specs):
         yield runner.run(batch)
 
 
 def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=None,
-         save="stats", tensorboard=None, overwrite=False, progress=True, tag_set="serve"):
+         save="stats", tensorboard=None, overwrite=False, progress=True, tag_set="serve",
+         custom_ops=()):
     """Runs a signature over `data` (as `activations` takes it) and writes to `out_dir`:
     `stats.json` always, and with save="npz" one `KEY.npz` per output key holding the
     array `KEY` (every example, in order; `KEY-00000.npz`, ... beyond 1 GiB). With
     `tensorboard`, a directory: a histogram and scalars per output key, one step a batch.
 
     Returns {output key: statistics}, the content of stats.json's "outputs"; `is_tap` says
-    which keys graphtap added (from the model's manifest).
+    which keys graphtap added (from the model's manifest). custom_ops: as `activations`.
     """
     if save not in ("stats", "npz"):
         raise errors.BadArgument(f"save must be 'stats' or 'npz', not '{save}'")
@@ -60,7 +63,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
     for source in inputs if tensorboard else ():
         paths.check_not_inside(source, tensorboard)
-    runner = _Runner(model_dir, signature, tag_set)
+    runner = _Runner(model_dir, signature, tag_set, custom_ops)
     with io.staged_directory(out_dir, overwrite, STATS_FILE, inputs) as staging:
         stats = {}
         streams = {}
@@ -104,17 +107,14 @@ def _data_paths(data):
 class _Runner:
     """A loaded signature, and the checks that make bad data one clear error."""
 
-    def __init__(self, model_dir, signature, tag_set="serve"):
+    def __init__(self, model_dir, signature, tag_set="serve", custom_ops=()):
         import tensorflow as tf
 
         self.tf = tf
         io.read(model_dir)  # the same errors as every command for a missing or broken model
         tags = [tag for tag in tag_set.split(",") if tag]
-        try:
-            loaded = tf.saved_model.load(model_dir, tags=tags)
-        except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            message = (str(error).strip() or type(error).__name__).splitlines()[0]
-            raise errors.CorruptModel(f"tf.saved_model.load failed: {message}", model_dir) from None
+        runtime.load_custom_ops(custom_ops)
+        loaded = runtime.saved_model(model_dir, tags)
         available = sorted(k for k in loaded.signatures.keys() if k != INIT_OP_SIGNATURE)
         if signature is None:
             if DEFAULT_SIGNATURE in available or len(available) != 1:

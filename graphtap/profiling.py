@@ -120,10 +120,12 @@ def _lookup(path, by_path):
     return None
 
 
-def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_size=1, seed=0):
+def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_size=1, seed=0,
+                custom_ops=()):
     """Runs a signature `runs` times under the profiler (after one warm-up call) and
     writes the trace to `logdir`. inputs: {name: array}; the others are random, of the
     signature's dtypes and shapes, `batch_size` examples (unknown dimensions: 1).
+    custom_ops: modules and `.so` files defining the model's custom ops, loaded first.
     Imports TensorFlow; inter-op parallelism is 1, so that no two ops' times overlap."""
     import numpy as np
     import tensorflow as tf
@@ -134,7 +136,7 @@ def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_s
         pass
     from graphtap.dumping import _Runner
 
-    runner = _Runner(model_dir, signature)
+    runner = _Runner(model_dir, signature, custom_ops=custom_ops)
     rng = np.random.default_rng(seed)
     feed = {}
     for name, spec in runner.specs.items():

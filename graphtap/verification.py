@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from graphtap import errors, manifest
+from graphtap import errors, manifest, runtime
 from graphtap.api import INIT_OP_SIGNATURE
 
 LOAD_PATHS = ("tf2", "tf1")
@@ -43,16 +43,20 @@ class Verification:
         return all(check.status == "match" for check in self.checks)
 
 
-def verify(original_dir, tapped_dir, inputs=None, runs=1, tag_set="serve", seed=0):
+def verify(original_dir, tapped_dir, inputs=None, runs=1, tag_set="serve", seed=0,
+           custom_ops=()):
     """Compares `tapped_dir` against `original_dir`; returns a Verification.
 
     inputs: {signature input name: array} used for every signature that has the name;
       the others get random inputs of their dtype and shape (seeded by `seed`).
     runs: with more than 1, also times each signature on both models (TF2 path).
+    custom_ops: modules to import and `.so` files to load first, for the models' custom
+      ops (runtime.load_custom_ops).
     """
     import tensorflow as tf
 
     taps = _manifest_taps(tapped_dir)
+    runtime.load_custom_ops(custom_ops)
     tags = [t for t in tag_set.split(",") if t]
     original = _Loaded(tf, original_dir, tags)
     tapped = _Loaded(tf, tapped_dir, tags)
@@ -179,15 +183,8 @@ class _Loaded:
 
     def __init__(self, tf, model_dir, tags):
         self.tf = tf
-        try:
-            self.model = tf.saved_model.load(model_dir, tags=tags)
-            self.session = tf.compat.v1.Session(graph=tf.Graph())
-            with self.session.graph.as_default():
-                meta_graph = tf.compat.v1.saved_model.load(self.session, tags, model_dir)
-        except Exception as error:  # noqa: BLE001 (TensorFlow raises many kinds)
-            first_line = str(error).strip().splitlines()[0][:300] if str(error) else type(error)
-            raise errors.CorruptModel(f"TensorFlow cannot load it: {first_line}",
-                                      model_dir) from None
+        self.model = runtime.saved_model(model_dir, tags)
+        self.session, meta_graph = runtime.session(model_dir, tags)
         self.signature_defs = dict(meta_graph.signature_def)
 
     def run(self, path, signature, feed):
