@@ -135,7 +135,7 @@ def _tap(
     keys = _signature_keys(meta_graph, signatures, model.path)
     index = _index(meta_graph, layout)
     same_function = {}
-    if signatures is None:
+    if signatures is None and mode == "extend":  # add mode makes one new signature
         same_function = aliases.same_function(index, meta_graph.signature_def, keys[0],
                                               _signatures(meta_graph))
         keys += sorted(same_function)

@@ -286,10 +286,10 @@ def _print_report(report):
              r.node if r.output == 0 else f"{r.node}:{r.output}")
             for r in report.taps + report.same_function_taps]
     _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
-    print(f"tapped {len(report.taps) + len(report.same_function_taps)} tensor(s) -> "
-          f"{report.output}")
     for signature, default in sorted(report.same_function.items()):
         print(f"signature '{signature}' runs the same function as '{default}': tapped too")
+    print(f"tapped {len(report.taps) + len(report.same_function_taps)} tensor(s) -> "
+          f"{report.output}")
     for warning in report.warnings:
         print(f"warning: {warning}")
     if report.already_tapped:

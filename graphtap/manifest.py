@@ -8,7 +8,7 @@ every record it returns. No numpy, no TensorFlow: the rewrite layer uses it.
 import json
 import os
 
-from graphtap import errors
+from graphtap import errors, source_files
 
 PATH = os.path.join("assets.extra", "graphtap.json")
 
@@ -24,14 +24,9 @@ def read(model_dir):
     Records written before `source_signature` existed get their `signature` as it.
     Raises CorruptModel, naming the file, when it is not a manifest graphtap wrote."""
     path = os.path.join(model_dir, PATH)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
+    if not os.path.lexists(path):  # (also where assets.extra is no directory)
         return None
-    except OSError as error:
-        raise errors.CorruptModel(f"cannot read graphtap manifest: {error.strerror}",
-                                  path) from None
+    data = source_files.read_regular(path)  # never a FIFO's or a device's
     try:
         taps = json.loads(data)["taps"]
     # RecursionError: JSON nested deeper than the decoder recurses.

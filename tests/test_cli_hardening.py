@@ -116,20 +116,6 @@ def _assert_interrupted(process, out):
     assert [n for n in os.listdir(parent) if ".graphtap-" in n] == []
 
 
-def test_ctrl_c_while_reading_the_input(frozen_graph, tmp_path):
-    """The input is a FIFO: graphtap blocks reading it once the test has opened its other
-    end, so the SIGINT deterministically arrives while the input is being read."""
-    fifo = tmp_path / "graph.pb"
-    os.mkfifo(fifo)
-    out = str(tmp_path / "tapped.pb")
-    process = graphtap_process("tap", f"--input={fifo}", f"--output={out}", "--tap_op=Relu")
-    with open(fifo, "wb") as writer:  # returns once graphtap has opened the FIFO to read it
-        writer.write(open(frozen_graph[0], "rb").read()[:100])
-        writer.flush()
-        process.send_signal(signal.SIGINT)
-        _assert_interrupted(process, out)
-
-
 # Runs the CLI with its write held at the named point "before publish" (the output is
 # staged whole) until the FIFO argv[1] has a writer and delivers EOF.
 _BLOCK_BEFORE_PUBLISH = """
