@@ -33,8 +33,8 @@ def test_tap_prints_table_and_result_loads(keras_cnn, tmp_path):
     assert any(line.split()[:3] == ["serving_default", "hidden", "Relu"] for line in lines)
     # Keras 3 `export` writes `serve` too, running the same function: tapped alike.
     assert any(line.split()[:3] == ["serve", "hidden", "Relu"] for line in lines)
-    assert lines[-2:] == [f"tapped 4 tensor(s) -> {out}", "signature 'serve' runs the same "
-                          "function as 'serving_default': tapped too"]
+    assert lines[-2:] == ["signature 'serve' runs the same function as 'serving_default': "
+                          "tapped too", f"tapped 4 tensor(s) -> {out}"]
     images = {"image": np.ones((1, 16, 16, 3), "float32")}
     assert sorted(run_tf2(out, "serving_default", images)) == [
         "cnn_1_probs_1_Softmax", "hidden", "output_0"]
