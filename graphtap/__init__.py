@@ -1,25 +1,26 @@
 """graphtap: expose any intermediate tensor of a SavedModel or GraphDef as an output.
 
-    report = graphtap.tap("model", "model_tapped", names=[".*/Relu"], ops=["Softmax"])
+    report = graphtap.tap("model", "model_tapped", ops=["Relu"], names=[".*/conv1/.*"])
 
-Rewriting reads and writes protobufs only; it never runs the model or imports the
-TensorFlow runtime.
+`tap`, `list_targets` and `profile_times` read and write protobufs only: they never run
+the model, and importing graphtap imports neither TensorFlow nor numpy. What runs models
+(`verify`, `dump`, `activations`, `profile`, `export`) is loaded on first use.
 """
 
 import importlib
 
-from graphtap.api import Report, TapRecord, list_targets, profile, profile_times, tap
+from graphtap.api import Report, TapRecord, list_targets, profile_times, tap
 from graphtap.errors import GraphtapError
-from graphtap.hook import export
+from graphtap.options import TapOptions
 
-# Loaded on first use: they import numpy, which `tap` and `list` never need, and a build
-# pipeline runs the command once per model.
+# Loaded on first use: they import numpy or TensorFlow.
 _LAZY = {"NpyFile": "dumping", "TFRecord": "dumping", "activations": "dumping",
-         "dump": "dumping", "Verification": "verification", "verify": "verification"}
+         "dump": "dumping", "Verification": "verification", "verify": "verification",
+         "profile": "profiling", "export": "hook"}
 
-__all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapRecord", "Verification",
-           "activations", "dump", "export", "list_targets", "profile", "profile_times", "tap",
-           "verify"]
+__all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapOptions", "TapRecord",
+           "Verification", "activations", "dump", "export", "list_targets", "profile",
+           "profile_times", "tap", "verify"]
 __version__ = "0.1.0"
 
 

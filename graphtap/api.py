@@ -4,18 +4,18 @@ import contextlib
 import dataclasses
 import gc
 
-from graphtap import (aliases, check, control_flow, errors, io, manifest, paths, profiling,
-                      protos, wire)
+from graphtap import aliases, check, control_flow, errors, io, manifest, protos, wire
 from graphtap.fusion import fusion_warnings
 from graphtap.index import GraphIndex, node_of, shape_dims
 from graphtap.keys import assign_keys, unique_name
 from graphtap.layers import LayerMap
+from graphtap.options import TapOptions
 from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import Prefilter, RegexSet, parse_name_selectors, select
+from graphtap.select import Prefilter, RegexSet, select
+from graphtap.signatures import choose_signatures, meta_graph_position, runnable_signatures
+from graphtap.traces import match_trace, trace_files
 
 MANIFEST = manifest.PATH
-INIT_OP_SIGNATURE = "__saved_model_init_op"
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,64 +59,27 @@ class Report:
         return [record.tensor.rsplit(":", 1)[0] for record in self.taps]
 
 
-def tap(input_path, output_path, names=None, ops=None, exclude=None, layers=None,
-        profile=None, top_k=20, loop=None, **options):
+def tap(input_path, output_path, options=None, **changes):
     """Writes a copy of a SavedModel (or frozen GraphDef) with the selected tensors as
     extra outputs, and returns a Report.
 
-    names: regexes full-matched against tensor names as `list_targets` shows them
-      (`node`, or `node:k` for output k > 0); `pattern=key`, or a dict {pattern: key},
-      chooses the key.
-    ops: op types; every output of every op of these types.
-    layers: Keras layer names (`dense`, `conv2d_1`); each layer's output tensor, keyed by
-      the layer's name.
-    profile: a profiler log directory (`graphtap profile`, tf.profiler.experimental) of
-      this model: the `top_k` nodes that took most time; with `names`, every traced node
-      whose name they match instead.
-    loop: for tensors inside a While loop's body, "stack" (every iteration's value, on a
-      new leading axis) or "last" (the last iteration's); without it they are refused.
-    exclude: regexes; tensors whose names they full-match are not tapped.
-    signatures: signature key(s) to tap; default `serving_default` (or the only one)
-      and every other signature that runs the same function (Keras 3 `export` writes
-      `serve` and `serving_default`; converters read one or the other).
-    mode: `extend` adds the taps to the signatures; `add` leaves them untouched and adds
-      `<signature>_tapped` (or `tapped_signature`) with their outputs plus the taps.
-    tag_set: tags of the meta graph to tap, comma-separated.
-    overwrite: replace an existing output (one graphtap wrote: a SavedModel holding its
-      manifest, or a file).
-    link_variables: hard-link the variables into the output instead of copying them,
-      where the filesystem allows. Safe only if neither model is ever written to:
-      TensorFlow rewrites `variables.index` in place, through every link.
+    options: a TapOptions (see there for every option); `changes` are options given by
+      name, on their own or over `options`: `tap(src, dst, ops=["Relu"])`.
 
     Errors are graphtap.errors.GraphtapError subclasses naming the file at fault.
     """
-    with _about(input_path), _collector_paused():
-        return _tap(input_path, output_path, names, ops, exclude, layers, profile, top_k, loop,
-                    **options)
+    options = TapOptions.of(options, **changes)
+    with errors_about(input_path), _collector_paused():
+        return _tap(input_path, output_path, options)
 
 
-def _tap(
-    input_path,
-    output_path,
-    names=None,
-    ops=None,
-    exclude=None,
-    layers=None,
-    profile=None,
-    top_k=20,
-    loop=None,
-    signatures=None,
-    mode="extend",
-    tag_set="serve",
-    tapped_signature=None,
-    overwrite=False,
-    link_variables=False,
-):
-    _check_arguments(mode, loop, tapped_signature)
-    name_selectors = parse_name_selectors(names)
-    ops = [ops] if isinstance(ops, str) else list(ops or ())
-    exclude = [exclude] if isinstance(exclude, str) else list(exclude or ())
-    layers = [layers] if isinstance(layers, str) else list(layers or ())
+def _tap(input_path, output_path, options):
+    names, ops, exclude, layers = options.names, options.ops, options.exclude, options.layers
+    profile, top_k, loop, overwrite = (options.profile, options.top_k, options.loop,
+                                       options.overwrite)
+    signatures, mode, tag_set = options.signatures, options.mode, options.tag_set
+    tapped_signature = options.tapped_signature
+    name_selectors = list(names)
     model = io.read(input_path, stubs=True)
     io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
     if not model.is_saved_model:
@@ -125,7 +88,7 @@ def _tap(
                                        "GraphDef", model.path)
         selectors = (name_selectors, ops, exclude, layers)
         return _tap_graph_def(model, output_path, selectors, overwrite)
-    traces = profiling.trace_files(profile) if profile else None
+    traces = trace_files(profile) if profile else None
 
     meta_graph_position = _meta_graph_position(model, tag_set)
     meta_graph = model.proto.meta_graphs[meta_graph_position]
@@ -189,7 +152,7 @@ def _tap(
                for t in taps]
     io.write_saved_model(model.proto, model.path, output_path,
                          {MANIFEST: _manifest(model.path, records)}, overwrite,
-                         layout, _edits(rewrite), link_variables)
+                         layout, _edits(rewrite), options.link_variables)
     asked = tuple(r for r in records if r.same_function_as is None)
     return Report(input_path, output_path, asked, tuple(sorted(set(already))),
                   tuple(warnings), tuple(already_outputs), same_function,
@@ -218,26 +181,12 @@ def _new_layer_outputs(index, signature_def, picked, already_outputs, signature)
 
 
 def _signatures(meta_graph):
-    return sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE)
-
-
-def _check_arguments(mode, loop, tapped_signature):
-    """Refuses values `tap` does not take, before any file is read."""
-    if mode not in ("extend", "add"):
-        raise errors.BadArgument(f"mode must be 'extend' or 'add', not '{mode}'")
-    if loop not in (None, *control_flow.MODES):
-        raise errors.BadArgument(f"loop must be 'stack' or 'last', not '{loop}'")
-    if tapped_signature is not None and mode != "add":
-        raise errors.BadArgument("a tapped signature is named only in mode 'add'",
-                                 tapped_signature)
-    if tapped_signature == INIT_OP_SIGNATURE:
-        raise errors.BadKey("reserved signature name: TensorFlow runs it when loading, to "
-                            "initialize the model", tapped_signature)
+    return runnable_signatures(meta_graph.signature_def)
 
 
 def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
-    with _about(input_path):
+    with errors_about(input_path):
         return _list_targets(input_path, signatures, tag_set)
 
 
@@ -245,7 +194,7 @@ def _profiled(candidates, traces, name_selectors, top_k, signature):
     """[(candidate, key)] a profile picks, and the name selectors it leaves for `select`:
     with names, the traced tensors they match (and none are left); else the `top_k`
     traced tensors that took most time."""
-    traced = profiling.match(candidates, traces)
+    traced = match_trace(candidates, traces)
     if not traced.times:
         raise errors.NoMatch(
             f"none of the profile's {traced.op_events} op events maps to a node of signature "
@@ -262,31 +211,17 @@ def _profiled(candidates, traces, name_selectors, top_k, signature):
     return picked, []
 
 
-def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size=1,
-            custom_ops=()):
-    """Runs a signature `runs` times under TensorFlow's profiler, writing the standard
-    trace (`logdir/plugins/profile/<run>/<host>.xplane.pb`), and returns its
-    profiling.ProfileMatch. inputs: {name: array}; others are random, `batch_size`
-    examples. custom_ops: modules to import and `.so` files to load first, for the model's
-    custom ops. Imports TensorFlow."""
-    with _about(input_path):
-        paths.check_not_inside(input_path, logdir)
-        key = profiling.run_profile(input_path, logdir, inputs, signature, runs, batch_size,
-                                    custom_ops=custom_ops)
-    return profile_times(input_path, logdir, key)
-
-
 def profile_times(input_path, logdir, signature=None, tag_set="serve"):
-    """A profiling.ProfileMatch: the time each node of a signature took in the trace
+    """A traces.ProfileMatch: the time each node of a signature took in the trace
     under `logdir`, most first, and the op events that map to no node. No TensorFlow."""
-    with _about(input_path):
+    with errors_about(input_path):
         model = io.read(input_path)
         if not model.is_saved_model:
             raise errors.BadArgument("profiles map onto SavedModel signatures", model.path)
         meta_graph = _meta_graph(model, tag_set)
         (key,) = _signature_keys(meta_graph, signature, model.path)
         candidates = _candidates(_index(meta_graph), meta_graph, _objects(meta_graph), key)
-        return profiling.match(candidates, profiling.trace_files(logdir))
+        return match_trace(candidates, trace_files(logdir))
 
 
 def _list_targets(input_path, signatures, tag_set):
@@ -355,7 +290,7 @@ def _collector_paused():
 
 
 @contextlib.contextmanager
-def _about(input_path):
+def errors_about(input_path):
     """Names the input in errors that do not name a file of their own."""
     try:
         yield
@@ -404,37 +339,11 @@ def _meta_graph(model, tag_set):
 
 
 def _meta_graph_position(model, tag_set):
-    """Which meta graph of the SavedModel has exactly the tags `tag_set`."""
-    wanted = set(tag_set.split(",")) if isinstance(tag_set, str) else set(tag_set)
-    wanted.discard("")
-    found = [list(mg.meta_info_def.tags) for mg in model.proto.meta_graphs]
-    for position, tags in enumerate(found):
-        if set(tags) == wanted:
-            return position
-    raise errors.UnknownSignature(
-        f"no meta graph with tags {','.join(sorted(wanted))}; it has "
-        + "; ".join(",".join(tags) for tags in found),
-        model.path,
-    )
+    return meta_graph_position(model.proto, tag_set, model.path)
 
 
 def _signature_keys(meta_graph, signatures, path):
-    available = sorted(k for k in meta_graph.signature_def if k != INIT_OP_SIGNATURE)
-    if signatures is None:
-        if DEFAULT_SIGNATURE in available:
-            return [DEFAULT_SIGNATURE]
-        if len(available) == 1:
-            return available
-        raise errors.UnknownSignature(
-            f"choose a signature with --signature_def: {', '.join(available) or 'none'}", path
-        )
-    keys = [signatures] if isinstance(signatures, str) else list(dict.fromkeys(signatures))
-    for key in keys:
-        if key not in available:
-            raise errors.UnknownSignature(
-                f"no signature '{key}'; it has {', '.join(available) or 'none'}", path
-            )
-    return keys
+    return choose_signatures(meta_graph.signature_def, signatures, path)
 
 
 def _record(tap, source_signature, same_function_as=None):

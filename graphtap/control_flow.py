@@ -42,7 +42,6 @@ from graphtap.opdefs import CALL_OPS
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
 BRANCH_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
                 "Case": ("branches",), "StatelessCase": ("branches",)}
-MODES = ("stack", "last")
 _VARIANT = protos.dtype_enum("DT_VARIANT")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from graphtap import errors, io, manifest, paths, runtime
-from graphtap.api import DEFAULT_SIGNATURE, INIT_OP_SIGNATURE
+from graphtap.signatures import choose_signatures, tags
 from graphtap.stats import RunningStats
 
 STATS_FILE = "stats.json"
@@ -41,7 +41,7 @@ def activations(model_dir, data, signature=None, batch_size=64, max_examples=Non
     custom_ops: modules to import and `.so` files to load first, for the model's custom
       ops (runtime.load_custom_ops).
     """
-    runner = _Runner(model_dir, signature, tag_set, custom_ops)
+    runner = Runner(model_dir, signature, tag_set, custom_ops)
     for batch in _batches(data, batch_size, max_examples, runner.specs):
         yield runner.run(batch)
 
@@ -63,7 +63,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
     for source in inputs if tensorboard else ():
         paths.check_not_inside(source, tensorboard)
-    runner = _Runner(model_dir, signature, tag_set, custom_ops)
+    runner = Runner(model_dir, signature, tag_set, custom_ops)
     with io.staged_directory(out_dir, overwrite, STATS_FILE, inputs) as staging:
         stats = {}
         streams = {}
@@ -104,7 +104,7 @@ def _data_paths(data):
     return []
 
 
-class _Runner:
+class Runner:
     """A loaded signature, and the checks that make bad data one clear error."""
 
     def __init__(self, model_dir, signature, tag_set="serve", custom_ops=()):
@@ -112,18 +112,9 @@ class _Runner:
 
         self.tf = tf
         io.read(model_dir)  # the same errors as every command for a missing or broken model
-        tags = [tag for tag in tag_set.split(",") if tag]
         runtime.load_custom_ops(custom_ops)
-        loaded = runtime.saved_model(model_dir, tags)
-        available = sorted(k for k in loaded.signatures.keys() if k != INIT_OP_SIGNATURE)
-        if signature is None:
-            if DEFAULT_SIGNATURE in available or len(available) != 1:
-                signature = DEFAULT_SIGNATURE
-            else:
-                signature = available[0]
-        if signature not in available:
-            raise errors.UnknownSignature(
-                f"no signature '{signature}'; it has {', '.join(available) or 'none'}", model_dir)
+        loaded = runtime.saved_model(model_dir, tags(tag_set))
+        (signature,) = choose_signatures(loaded.signatures.keys(), signature, model_dir)
         self._loaded = loaded  # the signature function needs its object alive
         self.signature_key = signature
         self.function = loaded.signatures[signature]
@@ -132,7 +123,7 @@ class _Runner:
         self.model_dir = model_dir
 
     def run(self, batch):
-        feed = {name: self.tf.constant(self._conform(name, values))
+        feed = {name: self.tf.constant(self.conform(name, values))
                 for name, values in batch.items()}
         missing = sorted(set(self.specs) - set(feed))
         if missing:
@@ -140,7 +131,7 @@ class _Runner:
                            f"'{self.signature_key}'", self.model_dir)
         return {key: value.numpy() for key, value in self.function(**feed).items()}
 
-    def _conform(self, name, values):
+    def conform(self, name, values):
         spec = self.specs.get(name)
         if spec is None:
             raise BadInput(f"signature '{self.signature_key}' has no input '{name}'; its inputs: "

@@ -5,16 +5,20 @@ import shutil
 import tempfile
 
 from graphtap import api
+from graphtap.options import TapOptions
 
 
-def export(model_or_module, export_dir, signatures=None, overwrite=False, **tap_options):
+def export(model_or_module, export_dir, signatures=None, options=None, **changes):
     """Saves `model_or_module` (Keras 3 `model.export`, else `tf.saved_model.save` with
     `signatures`) and writes its tapped copy to `export_dir`; returns the tap Report.
 
-    `tap_options` are those of `graphtap.tap` (names, ops, mode, ...). The untapped
-    SavedModel is written to a temporary directory beside `export_dir` and removed.
+    options, changes: the tap's, as `graphtap.tap` takes them (a TapOptions, and options
+    by name: ops, names, overwrite, ...). The untapped SavedModel is written to a
+    temporary directory beside `export_dir` and removed.
     """
     import tensorflow as tf
+
+    options = TapOptions.of(options, **changes)  # a bad option fails before the save
 
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
@@ -26,7 +30,6 @@ def export(model_or_module, export_dir, signatures=None, overwrite=False, **tap_
         else:
             tf.saved_model.save(model_or_module, saved, signatures=signatures)
         # The untapped copy is removed below, so the output may take its variables' files.
-        return api.tap(saved, export_dir, overwrite=overwrite, link_variables=True,
-                       **tap_options)
+        return api.tap(saved, export_dir, options, link_variables=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -42,7 +42,7 @@ class Candidate:
     tapped_by: str = None  # graphtap Identity already reading it
     layer: str = None  # the Keras layer it belongs to, where asked (layers.LayerMap)
     layer_output: bool = False  # whether it is that layer's output
-    loop: str = None  # inside a While body: how it is tapped (control_flow.MODES)
+    loop: str = None  # inside a While body: how it is tapped (options.LOOP_MODES)
     in_branch: bool = False  # inside an If/Case branch, and allowed
 
     @property

@@ -160,7 +160,7 @@ class TapRewrite:
         self.edited_in_place = set()  # functions whose own body `apply` changed
         self.edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
         self.origins = {}  # {clone: the function it copies}
-        self.loop = loop  # control_flow.MODES: how taps inside While bodies come out
+        self.loop = loop  # options.LOOP_MODES: how taps inside While bodies come out
         self._shape_records = {}
         self._loop_bodies = set()
 

@@ -87,3 +87,30 @@ def load_error(error, model_dir):
 def _first_line(error):
     text = str(error).strip()
     return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def random_inputs(specs, batch_size, rng, where=None, inner=1):
+    """{name: a seeded random value} for signature inputs `specs` ({name: (tf.DType,
+    dims with None where unknown)}): an unknown first dimension is `batch_size`, the
+    other unknown ones `inner`. Floats are normal; integers are zeros, valid for anything
+    they index (token and segment ids, positions), where random values may not be; bools
+    random; strings empty. Another dtype is an error naming the input, which must then be given."""
+    import numpy as np
+    import tensorflow as tf
+
+    feed = {}
+    for name, (dtype, dims) in specs.items():
+        shape = [(inner if i else batch_size) if d is None else d for i, d in enumerate(dims)]
+        if dtype.is_floating:
+            value = rng.standard_normal(shape)
+        elif dtype.is_integer:
+            value = np.zeros(shape)
+        elif dtype.is_bool:
+            value = rng.integers(0, 2, shape).astype(bool)
+        elif dtype == tf.string:
+            value = np.full(shape, b"", dtype=object)
+        else:
+            raise errors.BadArgument(f"cannot make a random {dtype.name} input '{name}'; "
+                                     "give it", where)
+        feed[name] = np.asarray(value, dtype=dtype.as_numpy_dtype)
+    return feed

@@ -34,8 +34,8 @@ _OPTIONS = _options()
 def parse_name_selectors(names):
     """`names` as the API takes it -> list of (pattern, key or None).
 
-    A list holds patterns, each optionally `pattern=key` to choose the tap's key; a dict
-    maps patterns to keys (None: the default key).
+    A list holds patterns, each optionally `pattern=key` to choose the tap's key, or
+    (pattern, key) pairs; a dict maps patterns to keys (None: the default key).
     """
     if names is None:
         return []
@@ -45,6 +45,9 @@ def parse_name_selectors(names):
         return list(names.items())
     parsed = []
     for selector in names:
+        if isinstance(selector, tuple):
+            parsed.append(selector)
+            continue
         match = _RENAME_RE.match(selector)
         parsed.append((match["pattern"], match["key"]) if match else (selector, None))
     return parsed

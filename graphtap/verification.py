@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from graphtap import errors, manifest, runtime
-from graphtap.api import INIT_OP_SIGNATURE
+from graphtap.signatures import runnable_signatures, tags
 
 LOAD_PATHS = ("tf2", "tf1")
 
@@ -57,12 +57,11 @@ def verify(original_dir, tapped_dir, inputs=None, runs=1, tag_set="serve", seed=
 
     taps = _manifest_taps(tapped_dir)
     runtime.load_custom_ops(custom_ops)
-    tags = [t for t in tag_set.split(",") if t]
-    original = _Loaded(tf, original_dir, tags)
-    tapped = _Loaded(tf, tapped_dir, tags)
+    original = _Loaded(tf, original_dir, tags(tag_set))
+    tapped = _Loaded(tf, tapped_dir, tags(tag_set))
     rng = np.random.default_rng(seed)
     checks, latency = [], {}
-    signatures = sorted(set(tapped.signature_defs) - {INIT_OP_SIGNATURE})
+    signatures = runnable_signatures(tapped.signature_defs)
     for signature in signatures:
         signature_taps = {t["key"]: t for t in taps if t["signature"] == signature}
         source = next((t["source_signature"] for t in signature_taps.values()), signature)
@@ -153,28 +152,16 @@ def _manifest_taps(tapped_dir):
 
 
 def _inputs(signature_def, given, rng):
+    """The given inputs of a signature, and seeded random ones (a batch of 2) for the rest."""
     import tensorflow as tf
 
-    feed = {}
-    for name, info in signature_def.inputs.items():
-        dtype = tf.dtypes.as_dtype(info.dtype)
-        if name in given:
-            feed[name] = np.asarray(given[name], dtype=dtype.as_numpy_dtype)
-            continue
-        shape = [2 if d.size < 0 else d.size for d in info.tensor_shape.dim]
-        if dtype.is_floating:
-            value = rng.standard_normal(shape)
-        elif dtype.is_integer:
-            # Integer inputs often index something (token and segment ids, positions):
-            # zeros are valid for every index, random values may not be.
-            value = np.zeros(shape)
-        elif dtype.is_bool:
-            value = rng.integers(0, 2, shape).astype(bool)
-        elif dtype == tf.string:
-            value = np.full(shape, b"", dtype=object)
-        else:
-            raise errors.GraphtapError(f"cannot make random {dtype.name} input; pass it", name)
-        feed[name] = np.asarray(value, dtype=dtype.as_numpy_dtype)
+    specs = {name: (tf.dtypes.as_dtype(info.dtype),
+                    [None if d.size < 0 else d.size for d in info.tensor_shape.dim])
+             for name, info in signature_def.inputs.items()}
+    feed = runtime.random_inputs({n: s for n, s in specs.items() if n not in given}, 2, rng,
+                                 inner=2)
+    feed.update({name: np.asarray(given[name], dtype=specs[name][0].as_numpy_dtype)
+                 for name in specs if name in given})
     return feed
 
 

@@ -10,7 +10,7 @@ from conftest import child_env
 from loaders import run_tf2
 
 import graphtap
-from graphtap import errors, profiling
+from graphtap import errors, traces
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +45,9 @@ def test_profile_then_tap_the_top_five(profiles, name, tmp_path):
 def _inputs(path):
     import numpy as np
 
-    from graphtap.dumping import _Runner
+    from graphtap.dumping import Runner
 
-    specs = _Runner(path, None).specs
+    specs = Runner(path, None).specs
     return {name: np.ones([2] + [d or 1 for d in spec.shape.as_list()[1:]], "float32")
             for name, spec in specs.items()}
 
@@ -86,7 +86,7 @@ def test_profile_of_another_model_and_missing_profile_are_errors(profiles, tmp_p
     broken.mkdir(parents=True)
     (broken / "host.xplane.pb").write_bytes(b"\xff\xff not a proto")
     with pytest.raises(errors.CorruptModel, match="not an XSpace profile"):
-        profiling.match([], profiling.trace_files(str(tmp_path / "broken")))
+        traces.match_trace([], traces.trace_files(str(tmp_path / "broken")))
     assert sorted(os.listdir(tmp_path)) == ["broken"]
 
 
