@@ -7,6 +7,8 @@
     graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
         --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
 
+`graphtap VERB --help` lists the flags of that verb.
+
 Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
 stderr, no traceback), 130 when interrupted (Ctrl-C).
 """
@@ -16,121 +18,154 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 import graphtap
 from graphtap import errors, paths, protos
+from graphtap.flags import TapFlags, define_tap_flags
 from graphtap.select import compile_regex
 
-FLAGS = flags.FLAGS
 VERBS = ("tap", "list", "verify", "profile", "dump")
-
-flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, .pbtxt).")
-flags.DEFINE_string("output", None, "tap: where to write the tapped model (directory, or file "
-                    "for a GraphDef input: .pbtxt/.txt for text).")
-flags.DEFINE_multi_string("tap_name", [], "tap: regex full-matched against tensor names as "
-                          "`graphtap list` shows them (`node`, or `node:k` for output k > 0); "
-                          "`REGEX=KEY` chooses the output key. Repeatable.")
-flags.DEFINE_multi_string("tap_op", [], "tap: op type whose every output is tapped. Repeatable.")
-flags.DEFINE_multi_string("tap_layer", [], "tap: Keras layer name (as in model.summary()) whose "
-                          "output is tapped, keyed by the layer's name. Repeatable.")
-flags.DEFINE_enum("loop", None, ["stack", "last"], "tap: for tensors inside a While loop's "
-                  "body: `stack` gives every iteration's value on a new leading axis, `last` the "
-                  "last iteration's. Without it they are refused.")
-flags.DEFINE_string("tap_profile", None, "tap: a profiler log directory of this model: tap "
-                    "the --top_k nodes that took most time (with --tap_name: the traced nodes "
-                    "it matches).")
-flags.DEFINE_integer("top_k", 20, "tap --tap_profile, profile: how many of the most expensive "
-                     "nodes.", lower_bound=1)
-flags.DEFINE_string("logdir", None, "profile: where to write the trace "
-                    "(plugins/profile/<run>/<host>.xplane.pb, as TensorBoard reads it).")
-flags.DEFINE_multi_string("exclude", [], "tap: regex; tensors whose names it full-matches "
-                          "are not tapped (applied after --tap_name/--tap_op). Repeatable.")
-flags.DEFINE_string("filter", None, "list: only tensors whose names this regex searches.")
-flags.DEFINE_enum("format", "table", ["table", "json"], "list: output format.")
-flags.DEFINE_multi_string("signature_def", None, "Signature to tap or list (default: "
-                          "serving_default, or the only one). Repeatable.")
-flags.DEFINE_enum("mode", "extend", ["extend", "add"], "tap: `extend` adds the taps to the "
-                  "signature; `add` leaves it untouched and adds <signature>_tapped.")
-flags.DEFINE_string("tapped_signature", None, "tap, --mode=add: name of the new signature.")
-flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-separated.")
-flags.DEFINE_bool("overwrite", False, "tap, dump: replace an existing output that graphtap "
-                  "wrote.")
-flags.DEFINE_bool("link_variables", False, "tap: hard-link the variables into the output "
-                  "instead of copying them. Safe only if neither model is ever written to: "
-                  "TensorFlow rewrites variables.index in place, through every link.")
-flags.DEFINE_string("original", None, "verify: the SavedModel that was tapped.")
-flags.DEFINE_string("tapped", None, "verify: the tapped SavedModel.")
-flags.DEFINE_multi_string("inputs", [], "verify, dump: NAME=FILE.npy, data for the signature "
-                          "input NAME (verify: for every signature with that input; the others "
-                          "get seeded random inputs). Repeatable.")
-flags.DEFINE_string("model", None, "dump: the SavedModel to run (tapped or not).")
-flags.DEFINE_string("inputs_npz", None, "dump, verify: a .npz whose arrays are named after "
-                    "the signature's inputs.")
-flags.DEFINE_string("tfrecord", None, "dump: a TFRecord file of tf.Examples.")
-flags.DEFINE_multi_string("feature", [], "dump, --tfrecord: INPUT=FEATURE, or FEATURE when it "
-                          "is named like the input. Repeatable.")
-flags.DEFINE_integer("batch_size", 64, "dump: examples per batch.", lower_bound=1)
-flags.DEFINE_integer("max_examples", None, "dump: stop after this many examples.", lower_bound=1)
-flags.DEFINE_string("out", None, "dump: directory to write stats.json (and .npz files) to.")
-flags.DEFINE_enum("save", "stats", ["stats", "npz"], "dump: `stats` writes stats.json; `npz` "
-                  "also every output's values, one KEY.npz per output key.")
-flags.DEFINE_string("tensorboard", None, "dump: also write TensorBoard summaries (a histogram "
-                    "and scalars per output, one step a batch) to this log directory.")
-flags.DEFINE_multi_string("custom_ops", [], "verify, dump, profile: a Python module to import "
-                          "(tensorflow_text) or an op library to load (a file ending in .so) "
-                          "before the model, for the custom ops it uses. Repeatable.")
-flags.DEFINE_integer("runs", 1, "verify: with N > 1, also report each signature's median "
-                     "latency over N runs, original and tapped.", lower_bound=1)
+_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
+MAX_MESSAGE = 500  # characters of an error line
 
 
-def main(argv):
-    if len(argv) != 2 or argv[1] not in VERBS:
-        raise errors.BadArgument(f"usage: graphtap {{{'|'.join(VERBS)}}} --input=... "
-                                   "(see --help)")
-    run = {"verify": _verify, "dump": _dump, "profile": _profile}.get(argv[1])
+def _define_tap(fv):
+    flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, "
+                        ".pbtxt).", flag_values=fv)
+    flags.DEFINE_string("output", None, "Where to write the tapped model (a directory, or for "
+                        "a GraphDef a file: .pbtxt/.txt for text).", flag_values=fv)
+    define_tap_flags(flag_values=fv)
+
+
+def _define_list(fv):
+    flags.DEFINE_string("input", None, "SavedModel directory, or frozen GraphDef file (.pb, "
+                        ".pbtxt).", flag_values=fv)
+    _define_signature_def(fv, "Signature to list (default: serving_default, or the only one). "
+                          "Repeatable.", multi=True)
+    _define_tag_set(fv)
+    flags.DEFINE_string("filter", None, "Only tensors whose names this regex (RE2) searches.",
+                        flag_values=fv)
+    flags.DEFINE_enum("format", "table", ["table", "json"], "Output format.", flag_values=fv)
+
+
+def _define_verify(fv):
+    flags.DEFINE_string("original", None, "The SavedModel that was tapped.", flag_values=fv)
+    flags.DEFINE_string("tapped", None, "The tapped SavedModel.", flag_values=fv)
+    _define_data(fv, "for every signature with that input; the others get seeded random "
+                 "inputs")
+    flags.DEFINE_integer("runs", 1, "With N > 1, also report each signature's median latency "
+                         "over N runs, original and tapped.", lower_bound=1, flag_values=fv)
+    _define_tag_set(fv)
+    _define_custom_ops(fv)
+
+
+def _define_profile(fv):
+    flags.DEFINE_string("input", None, "The SavedModel to profile.", flag_values=fv)
+    flags.DEFINE_string("logdir", None, "Where to write the trace "
+                        "(plugins/profile/<run>/<host>.xplane.pb, as TensorBoard reads it).",
+                        flag_values=fv)
+    _define_data(fv, "the others get seeded random inputs", npz=False)
+    _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
+    flags.DEFINE_integer("runs", 10, "Calls of the signature traced, after a warm-up call.",
+                         lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("batch_size", 1, "Examples in each random input.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer("top_k", 20, "How many of the most expensive nodes to print.",
+                         lower_bound=1, flag_values=fv)
+    _define_custom_ops(fv)
+
+
+def _define_dump(fv):
+    flags.DEFINE_string("model", None, "The SavedModel to run (tapped or not).", flag_values=fv)
+    _define_data(fv, "read a batch at a time")
+    flags.DEFINE_string("tfrecord", None, "A TFRecord file of tf.Examples.", flag_values=fv)
+    flags.DEFINE_multi_string("feature", [], "With --tfrecord: INPUT=FEATURE, or FEATURE when "
+                              "it is named like the input. Repeatable.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 64, "Examples per batch.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("max_examples", None, "Stop after this many examples.", lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_string("out", None, "Directory to write stats.json (and .npz files) to.",
+                        flag_values=fv)
+    flags.DEFINE_enum("save", "stats", ["stats", "npz"], "`stats` writes stats.json; `npz` also "
+                      "every output's values, one KEY.npz per output key.", flag_values=fv)
+    flags.DEFINE_string("tensorboard", None, "Also write TensorBoard summaries (a histogram and "
+                        "scalars per output, one step a batch) to this log directory.",
+                        flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output that graphtap wrote.",
+                      flag_values=fv)
+    _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
+    _define_tag_set(fv)
+    _define_custom_ops(fv)
+
+
+def _define_data(fv, inputs_help, npz=True):
+    flags.DEFINE_multi_string("inputs", [], f"NAME=FILE.npy: data for the signature input NAME "
+                              f"({inputs_help}). Repeatable.", flag_values=fv)
+    if npz:
+        flags.DEFINE_string("inputs_npz", None, "A .npz whose arrays are named after the "
+                            "signature's inputs.", flag_values=fv)
+
+
+def _define_signature_def(fv, help_text, multi=False):
+    define = flags.DEFINE_multi_string if multi else flags.DEFINE_string
+    define("signature_def", None, help_text, flag_values=fv)
+
+
+def _define_tag_set(fv):
+    flags.DEFINE_string("tag_set", "serve", "Tags of the meta graph to use, comma-separated.",
+                        flag_values=fv)
+
+
+def _define_custom_ops(fv):
+    flags.DEFINE_multi_string("custom_ops", [], "A Python module to import (tensorflow_text) "
+                              "or an op library to load (a file ending in .so) before the "
+                              "model, for the custom ops it uses. Repeatable.", flag_values=fv)
+
+
+_DEFINE = {"tap": _define_tap, "list": _define_list, "verify": _define_verify,
+           "profile": _define_profile, "dump": _define_dump}
+
+
+def verb_flags(verb):
+    """A FlagValues holding the flags of `verb` only (and --verbosity)."""
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("verbosity", -1, "Show TensorFlow's and graphtap's logs at this absl "
+                         "level, and the traceback of an internal error.", flag_values=fv)
+    _DEFINE[verb](fv)
+    return fv
+
+
+def main(verb, f):
+    """Runs `verb` with its parsed flags `f`."""
+    run = {"verify": _verify, "dump": _dump, "profile": _profile}.get(verb)
     if run:
         with _custom_ops_hint():
-            run()
+            run(f)
         return
-    _require("input")
-    if argv[1] == "tap":
-        _require("output")
-        if FLAGS.tapped_signature is not None and FLAGS.mode != "add":
-            raise errors.BadArgument("--tapped_signature names the signature --mode=add adds; "
-                                     "give --mode=add")
-        report = graphtap.tap(
-            FLAGS.input,
-            FLAGS.output,
-            names=FLAGS.tap_name,
-            ops=FLAGS.tap_op,
-            exclude=FLAGS.exclude,
-            layers=FLAGS.tap_layer,
-            profile=FLAGS.tap_profile,
-            top_k=FLAGS.top_k,
-            loop=FLAGS.loop,
-            signatures=FLAGS.signature_def,
-            mode=FLAGS.mode,
-            tag_set=FLAGS.tag_set,
-            tapped_signature=FLAGS.tapped_signature,
-            overwrite=FLAGS.overwrite,
-            link_variables=FLAGS.link_variables,
-        )
-        with _printing(written=report.output):
-            _print_report(report)
-    else:
-        _list()
+    _require(f, "input")
+    if verb == "list":
+        _list(f)
+        return
+    _require(f, "output")
+    if f.tapped_signature is not None and f.mode != "add":
+        raise errors.BadArgument("--tapped_signature names the signature --mode=add adds; "
+                                 "give --mode=add")
+    report = graphtap.tap(f.input, f.output, TapFlags("", f).options())
+    with _printing(written=report.output):
+        _print_report(report)
 
 
-def _list():
-    targets = graphtap.list_targets(FLAGS.input, FLAGS.signature_def, FLAGS.tag_set)
-    if FLAGS.filter:
+def _list(f):
+    targets = graphtap.list_targets(f.input, f.signature_def, f.tag_set)
+    if f.filter:
         try:
-            pattern = compile_regex(FLAGS.filter)
+            pattern = compile_regex(f.filter)
         except errors.NoMatch as error:
-            raise errors.BadArgument(f"--filter: {error.what}", FLAGS.filter) from None
+            raise errors.BadArgument(f"--filter: {error.what}", f.filter) from None
         targets = [c for c in targets if pattern.search(c.name)]
-    if FLAGS.format == "json":
+    if f.format == "json":
         rows = [{"name": c.name, "op": c.op, "dtype": protos.dtype_name(c.dtype),
                  "shape": c.dims, "layer": c.layer, "layer_output": c.layer_output,
                  "function": c.function, "tappable": not c.blocked, "why_not": c.blocked}
@@ -145,10 +180,10 @@ def _list():
         _print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
 
 
-def _named_arrays(read):
+def _named_arrays(f, read):
     """{input name: read(path)} from --inputs NAME=FILE.npy."""
     arrays = {}
-    for spec in FLAGS.inputs:
+    for spec in f.inputs:
         name, sep, path = spec.partition("=")
         if not sep:
             raise errors.BadArgument("--inputs takes NAME=FILE.npy", spec)
@@ -161,61 +196,58 @@ def _named_arrays(read):
     return arrays
 
 
-def _dump():
+def _dump(f):
     import numpy as np
 
-    _require("model")
-    _require("out")
-    sources = [bool(FLAGS.inputs), bool(FLAGS.inputs_npz), bool(FLAGS.tfrecord)]
+    _require(f, "model")
+    _require(f, "out")
+    sources = [bool(f.inputs), bool(f.inputs_npz), bool(f.tfrecord)]
     if sum(sources) != 1:
         raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
-    if FLAGS.tfrecord:
-        if not FLAGS.feature:
+    if f.tfrecord:
+        if not f.feature:
             raise errors.BadArgument("--tfrecord needs --feature")
-        features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in FLAGS.feature)
-        data = graphtap.TFRecord(FLAGS.tfrecord, features)
-    elif FLAGS.inputs_npz:
-        if not os.path.isfile(FLAGS.inputs_npz):
-            raise errors.InputNotFound("no such input file", FLAGS.inputs_npz)
-        paths.check_not_inside(FLAGS.inputs_npz, FLAGS.out)  # read whole: dump sees no path
+        features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in f.feature)
+        data = graphtap.TFRecord(f.tfrecord, features)
+    elif f.inputs_npz:
+        if not os.path.isfile(f.inputs_npz):
+            raise errors.InputNotFound("no such input file", f.inputs_npz)
+        paths.check_not_inside(f.inputs_npz, f.out)  # read whole: dump sees no path
         try:
-            with np.load(FLAGS.inputs_npz) as archive:  # members are read whole: no mmap in zips
+            with np.load(f.inputs_npz) as archive:  # members are read whole: no mmap in zips
                 data = {name: archive[name] for name in archive.files}
         except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
+            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
     else:
-        data = _named_arrays(graphtap.NpyFile)  # read a batch at a time
-    signature = FLAGS.signature_def[0] if FLAGS.signature_def else None
-    stats = graphtap.dump(FLAGS.model, data, FLAGS.out, signature=signature,
-                          batch_size=FLAGS.batch_size, max_examples=FLAGS.max_examples,
-                          save=FLAGS.save, tensorboard=FLAGS.tensorboard,
-                          overwrite=FLAGS.overwrite, tag_set=FLAGS.tag_set,
-                          custom_ops=FLAGS.custom_ops)
+        data = _named_arrays(f, graphtap.NpyFile)  # read a batch at a time
+    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
+                          batch_size=f.batch_size, max_examples=f.max_examples,
+                          save=f.save, tensorboard=f.tensorboard,
+                          overwrite=f.overwrite, tag_set=f.tag_set,
+                          custom_ops=f.custom_ops)
     rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
             for key, s in stats.items()]
-    with _printing(written=FLAGS.out):
+    with _printing(written=f.out):
         _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
                       "Inf"), rows)
-        print(f"wrote {FLAGS.out}")
+        print(f"wrote {f.out}")
 
 
-def _profile():
+def _profile(f):
     import numpy as np
 
-    _require("input")
-    _require("logdir")
-    signature = FLAGS.signature_def[0] if FLAGS.signature_def else None
-    runs = FLAGS.runs if FLAGS["runs"].present else 10
-    batch_size = FLAGS.batch_size if FLAGS["batch_size"].present else 1
-    traced = graphtap.profile(FLAGS.input, FLAGS.logdir, _named_arrays(np.load), signature,
-                              runs=runs, batch_size=batch_size, custom_ops=FLAGS.custom_ops)
+    _require(f, "input")
+    _require(f, "logdir")
+    runs = f.runs
+    traced = graphtap.profile(f.input, f.logdir, _named_arrays(f, np.load), f.signature_def,
+                              runs=runs, batch_size=f.batch_size, custom_ops=f.custom_ops)
     total = sum(t.picoseconds for t in traced.times)
     rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
-             f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:FLAGS.top_k]]
+             f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:f.top_k]]
     unmapped = sum(traced.unmapped.values())
-    with _printing(written=FLAGS.logdir):
+    with _printing(written=f.logdir):
         _print_table(("name", "op", "events", "total ms", "share"), rows)
         print(f"{len(traced.times)} nodes, {total / 1e9:.3f} ms of op time in {runs} runs "
               f"({traced.wall_picoseconds / 1e9:.3f} ms traced); trace: {traced.files[0]}")
@@ -228,24 +260,24 @@ def _number(value):
     return "-" if value is None else f"{value:.4g}"
 
 
-def _verify():
+def _verify(f):
     import numpy as np
 
     from graphtap.verification import verify  # imports TensorFlow
 
-    _require("original")
-    _require("tapped")
-    inputs = _named_arrays(np.load)
-    if FLAGS.inputs_npz:
-        if not os.path.isfile(FLAGS.inputs_npz):
-            raise errors.InputNotFound("no such input file", FLAGS.inputs_npz)
+    _require(f, "original")
+    _require(f, "tapped")
+    inputs = _named_arrays(f, np.load)
+    if f.inputs_npz:
+        if not os.path.isfile(f.inputs_npz):
+            raise errors.InputNotFound("no such input file", f.inputs_npz)
         try:
-            with np.load(FLAGS.inputs_npz) as archive:
+            with np.load(f.inputs_npz) as archive:
                 inputs.update({name: archive[name] for name in archive.files})
         except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", FLAGS.inputs_npz) from None
-    result = verify(FLAGS.original, FLAGS.tapped, inputs, runs=FLAGS.runs, tag_set=FLAGS.tag_set,
-                    custom_ops=FLAGS.custom_ops)
+            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
+    result = verify(f.original, f.tapped, inputs, runs=f.runs, tag_set=f.tag_set,
+                    custom_ops=f.custom_ops)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
     failed = sum(c.status != "match" for c in result.checks)
@@ -254,7 +286,7 @@ def _verify():
                      rows)
         for signature, (original, tapped) in sorted(result.latency.items()):
             print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped "
-                  f"{tapped * 1e3:.2f} ms (median of {FLAGS.runs})")
+                  f"{tapped * 1e3:.2f} ms (median of {f.runs})")
         print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
     if failed:
         sys.exit(1)
@@ -270,8 +302,8 @@ def _custom_ops_hint():
                                error.where) from None
 
 
-def _require(name):
-    if not FLAGS[name].value:
+def _require(f, name):
+    if not f[name].value:
         raise errors.BadArgument(f"--{name} is required")
 
 
@@ -306,49 +338,69 @@ def _print_table(header, rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def _quiet_tensorflow():
+def _quiet_tensorflow(f):
     """Keeps TensorFlow's start-up logs off the terminal unless --verbosity was given."""
-    if not FLAGS["verbosity"].present:
+    if f["verbosity"].present:
+        logging.set_verbosity(f.verbosity)
+    else:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         logging.set_verbosity(logging.ERROR)
 
 
-_HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull", "--helpxml")
-INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
-MAX_MESSAGE = 500  # characters of an error line
-
-
-def _parse_flags(argv):
+def _parse(argv):
+    """(verb, its parsed FlagValues) from the command line; usage, help and flag errors
+    end the process here."""
+    verb = argv[1] if len(argv) > 1 else None
+    if verb not in VERBS:
+        if verb in _HELP_FLAGS:
+            print(__doc__)
+            sys.exit(0)
+        _fail(f"usage: graphtap {{{'|'.join(VERBS)}}} --flag=value ... (see --help)")
+    f = verb_flags(verb)
+    if any(arg in _HELP_FLAGS for arg in argv[2:]):
+        print(f"usage: graphtap {verb} --flag=value ...\n\n{f.get_help()}")
+        sys.exit(0)
     try:
-        return FLAGS(argv)
+        rest = f([f"graphtap {verb}", *argv[2:]])
     except flags.Error as error:
         _fail(str(error))
-    except SystemExit:
-        if any(arg in _HELP_FLAGS for arg in argv[1:]):
-            sys.exit(0)  # absl exits 1 after printing help; asking for help is no error
-        raise
+    if len(rest) > 1:
+        _fail(f"unexpected argument '{rest[1]}' (flags are --name=value)")
+    flags.FLAGS.mark_as_parsed()  # absl's logging asks whether flags were parsed
+    return verb, f
 
 
-def _main_with_errors(argv):
-    _quiet_tensorflow()
+def _run(verb, f):
+    _quiet_tensorflow(f)
     try:
-        main(argv)
+        main(verb, f)
         sys.stdout.flush()
     except errors.GraphtapError as error:
-        if isinstance(error, errors.OutputExists) and error.what == "output exists":
-            error = errors.OutputExists("output exists; pass --overwrite to replace it",
-                                        error.where)
-        _fail(str(error))
+        _fail(str(_with_flag_hint(error)))
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         _fail(f"{error.strerror or error}{where}")
     except Exception as error:  # a graphtap bug: one line, unless asked for the traceback
-        if FLAGS["verbosity"].present:
+        if f["verbosity"].present:
             raise
         _fail(f"{type(error).__name__}: {error} (a graphtap bug, please report; "
               "--verbosity=1 shows the traceback)", kind="internal error")
+
+
+# Library errors name no flags; the command adds the flag that answers them.
+_FLAG_HINTS = {
+    (errors.OutputExists, "output exists"): "output exists; pass --overwrite to replace it",
+    (errors.UnknownSignature, "choose a signature"): "choose a signature with --signature_def",
+}
+
+
+def _with_flag_hint(error):
+    for (kind, start), replacement in _FLAG_HINTS.items():
+        if isinstance(error, kind) and error.what.startswith(start):
+            return kind(replacement + error.what[len(start):], error.where)
+    return error
 
 
 def _fail(message, kind="error"):
@@ -393,14 +445,10 @@ def _discard_stdout():
     os.close(devnull)
 
 
-def run():
-    """Console-script entry point."""
-    # absl's --help shows the main module's doc and key flags: make those ours.
-    sys.modules["__main__"].__doc__ = __doc__
-    for flag in FLAGS.get_flags_for_module(__name__):
-        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+def run(argv=None):
+    """Console-script entry point: `graphtap VERB --flag=value ...`."""
     try:
-        app.run(_main_with_errors, flags_parser=_parse_flags)
+        _run(*_parse(sys.argv if argv is None else argv))
     except KeyboardInterrupt:  # Ctrl-C: what was staged is removed on the way out
         print("graphtap: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED)
