@@ -13,7 +13,7 @@ Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one
 stderr, no traceback), 130 when interrupted (Ctrl-C).
 """
 
-import contextlib
+import importlib
 import json
 import os
 import sys
@@ -21,11 +21,13 @@ import sys
 from absl import flags, logging
 
 import graphtap
-from graphtap import errors, paths, protos
+from graphtap import errors, protos
 from graphtap.flags import TapFlags, define_tap_flags
+from graphtap.printing import print_table, printing, require, shape
 from graphtap.select import compile_regex
 
 VERBS = ("tap", "list", "verify", "profile", "dump")
+RUN_VERBS = ("verify", "profile", "dump")
 _HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 MAX_MESSAGE = 500  # characters of an error line
@@ -139,21 +141,19 @@ def verb_flags(verb):
 
 def main(verb, f):
     """Runs `verb` with its parsed flags `f`."""
-    run = {"verify": _verify, "dump": _dump, "profile": _profile}.get(verb)
-    if run:
-        with _custom_ops_hint():
-            run(f)
+    if verb in RUN_VERBS:  # the run layer, loaded only for the verbs that need it
+        importlib.import_module("graphtap.run_commands").run(verb, f)
         return
-    _require(f, "input")
+    require(f, "input")
     if verb == "list":
         _list(f)
         return
-    _require(f, "output")
+    require(f, "output")
     if f.tapped_signature is not None and f.mode != "add":
         raise errors.BadArgument("--tapped_signature names the signature --mode=add adds; "
                                  "give --mode=add")
     report = graphtap.tap(f.input, f.output, TapFlags("", f).options())
-    with _printing(written=report.output):
+    with printing(written=report.output):
         _print_report(report)
 
 
@@ -170,154 +170,21 @@ def _list(f):
                  "shape": c.dims, "layer": c.layer, "layer_output": c.layer_output,
                  "function": c.function, "tappable": not c.blocked, "why_not": c.blocked}
                 for c in targets]
-        with _printing():
+        with printing():
             print(json.dumps(rows, indent=1))
         return
-    rows = [(c.name, c.op, protos.dtype_name(c.dtype), _shape(c.dims),
+    rows = [(c.name, c.op, protos.dtype_name(c.dtype), shape(c.dims),
              f"{c.layer} (output)" if c.layer_output else c.layer or "", c.function or "",
              "no: " + c.blocked.split(";")[0] if c.blocked else "yes") for c in targets]
-    with _printing():
-        _print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
-
-
-def _named_arrays(f, read):
-    """{input name: read(path)} from --inputs NAME=FILE.npy."""
-    arrays = {}
-    for spec in f.inputs:
-        name, sep, path = spec.partition("=")
-        if not sep:
-            raise errors.BadArgument("--inputs takes NAME=FILE.npy", spec)
-        if not os.path.isfile(path):
-            raise errors.InputNotFound("no such input file", path)
-        try:
-            arrays[name] = read(path)
-        except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", path) from None
-    return arrays
-
-
-def _dump(f):
-    import numpy as np
-
-    _require(f, "model")
-    _require(f, "out")
-    sources = [bool(f.inputs), bool(f.inputs_npz), bool(f.tfrecord)]
-    if sum(sources) != 1:
-        raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
-    if f.tfrecord:
-        if not f.feature:
-            raise errors.BadArgument("--tfrecord needs --feature")
-        features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in f.feature)
-        data = graphtap.TFRecord(f.tfrecord, features)
-    elif f.inputs_npz:
-        if not os.path.isfile(f.inputs_npz):
-            raise errors.InputNotFound("no such input file", f.inputs_npz)
-        paths.check_not_inside(f.inputs_npz, f.out)  # read whole: dump sees no path
-        try:
-            with np.load(f.inputs_npz) as archive:  # members are read whole: no mmap in zips
-                data = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
-    else:
-        data = _named_arrays(f, graphtap.NpyFile)  # read a batch at a time
-    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
-                          batch_size=f.batch_size, max_examples=f.max_examples,
-                          save=f.save, tensorboard=f.tensorboard,
-                          overwrite=f.overwrite, tag_set=f.tag_set,
-                          custom_ops=f.custom_ops)
-    rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
-             _number(s["std"]), _number(s["min"]), _number(s["max"]),
-             _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
-            for key, s in stats.items()]
-    with _printing(written=f.out):
-        _print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
-                      "Inf"), rows)
-        print(f"wrote {f.out}")
-
-
-def _profile(f):
-    import numpy as np
-
-    _require(f, "input")
-    _require(f, "logdir")
-    runs = f.runs
-    traced = graphtap.profile(f.input, f.logdir, _named_arrays(f, np.load), f.signature_def,
-                              runs=runs, batch_size=f.batch_size, custom_ops=f.custom_ops)
-    total = sum(t.picoseconds for t in traced.times)
-    rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
-             f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:f.top_k]]
-    unmapped = sum(traced.unmapped.values())
-    with _printing(written=f.logdir):
-        _print_table(("name", "op", "events", "total ms", "share"), rows)
-        print(f"{len(traced.times)} nodes, {total / 1e9:.3f} ms of op time in {runs} runs "
-              f"({traced.wall_picoseconds / 1e9:.3f} ms traced); trace: {traced.files[0]}")
-        if unmapped:
-            print(f"{unmapped} of {traced.op_events} op events map to no node: "
-                  + ", ".join(path for path, _ in traced.unmapped.most_common(3)))
-
-
-def _number(value):
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _verify(f):
-    import numpy as np
-
-    from graphtap.verification import verify  # imports TensorFlow
-
-    _require(f, "original")
-    _require(f, "tapped")
-    inputs = _named_arrays(f, np.load)
-    if f.inputs_npz:
-        if not os.path.isfile(f.inputs_npz):
-            raise errors.InputNotFound("no such input file", f.inputs_npz)
-        try:
-            with np.load(f.inputs_npz) as archive:
-                inputs.update({name: archive[name] for name in archive.files})
-        except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
-    result = verify(f.original, f.tapped, inputs, runs=f.runs, tag_set=f.tag_set,
-                    custom_ops=f.custom_ops)
-    rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", _shape(c.shape),
-             c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
-    failed = sum(c.status != "match" for c in result.checks)
-    with _printing():
-        _print_table(("path", "signature", "key", "kind", "shape", "status", "max abs diff"),
-                     rows)
-        for signature, (original, tapped) in sorted(result.latency.items()):
-            print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped "
-                  f"{tapped * 1e3:.2f} ms (median of {f.runs})")
-        print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
-    if failed:
-        sys.exit(1)
-
-
-@contextlib.contextmanager
-def _custom_ops_hint():
-    """Says which flag loads the library when a model to run uses an op TensorFlow lacks."""
-    try:
-        yield
-    except errors.UnknownOp as error:
-        raise errors.UnknownOp(f"{error.what}: --custom_ops=MODULE_OR_FILE.so",
-                               error.where) from None
-
-
-def _require(f, name):
-    if not f[name].value:
-        raise errors.BadArgument(f"--{name} is required")
-
-
-def _shape(dims):
-    if dims is None:
-        return "?"
-    return "(" + ", ".join("?" if d < 0 else str(d) for d in dims) + ")"
+    with printing():
+        print_table(("name", "op", "dtype", "shape", "layer", "function", "tappable"), rows)
 
 
 def _print_report(report):
-    rows = [(r.signature or "", r.key, r.op, r.dtype, _shape(r.shape),
+    rows = [(r.signature or "", r.key, r.op, r.dtype, shape(r.shape),
              r.node if r.output == 0 else f"{r.node}:{r.output}")
             for r in report.taps + report.same_function_taps]
-    _print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
+    print_table(("signature", "key", "op", "dtype", "shape", "tensor"), rows)
     for signature, default in sorted(report.same_function.items()):
         print(f"signature '{signature}' runs the same function as '{default}': tapped too")
     print(f"tapped {len(report.taps) + len(report.same_function_taps)} tensor(s) -> "
@@ -330,12 +197,6 @@ def _print_report(report):
         print(f"layer {layer} is already output '{key}' of signature '{signature}'; skipped")
     if report.taps and report.taps[0].signature is None:
         print("output names: " + ",".join(report.output_names))
-
-
-def _print_table(header, rows):
-    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def _quiet_tensorflow(f):
@@ -415,34 +276,6 @@ def one_line(text, limit=MAX_MESSAGE):
     characters."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= limit else text[:limit - 1] + "\u2026"
-
-
-@contextlib.contextmanager
-def _printing(written=None):
-    """Around what a command prints once its work is done: stdout failing (a full disk) is
-    an error that says whether the output, `written`, was. A reader that went away
-    (BrokenPipeError) is no error: see _main_with_errors."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        _discard_stdout()
-        done = "the output was written, but " if written else ""
-        raise errors.GraphtapError(f"{done}the report could not be printed: "
-                                   f"{error.strerror or error}", written) from None
-
-
-def _discard_stdout():
-    """Points stdout at /dev/null: what it still buffers, and its flush at exit, go there."""
-    try:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError):  # not a file (tests capture it)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
 
 
 def run(argv=None):
