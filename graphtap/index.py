@@ -13,7 +13,7 @@ import functools
 import re
 
 from graphtap import errors, protos, wire
-from graphtap.opdefs import CALL_OPS, OpRegistry
+from graphtap.opdefs import CALL_OPS, OpRegistry, UndefinedOp
 
 TAP_PREFIX = "graphtap/"  # names of the Identity nodes graphtap adds
 
@@ -404,7 +404,7 @@ class GraphIndex:
                 continue
             try:
                 count = count or registry.output_count(body.nodes[i])
-            except errors.UnknownOp:  # listed as such by _add_outputs, if selected
+            except UndefinedOp:  # listed as such by _add_outputs, if selected
                 continue
             if keep.output_name_matches(name, count):
                 yield i
@@ -413,7 +413,7 @@ class GraphIndex:
         name, op = node.name, node.op
         try:
             outputs = self.registry.outputs(node)
-        except errors.UnknownOp as error:
+        except UndefinedOp as error:
             found.append(Candidate(calls, function, name, op, 0, None, 0, 0, None,
                                    blocked=_unknown_op_reason(error), unknown_op=True))
             return

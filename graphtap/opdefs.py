@@ -127,11 +127,17 @@ def _attr(node, op_def, name):
     raise errors.CorruptModel(f"node '{node.name}' ({node.op}) lacks attr '{name}'")
 
 
+class UndefinedOp(errors.UnknownOp):
+    """An op that neither the model nor TensorFlow's registry, read, defines (an op of a
+    custom library): an UnknownOp about one op, not about the registry."""
+
+
 def _registered_op_def(op_type):
     registered, problem = _registered_op_defs()
     if op_type not in registered:
         where = f"({problem})" if problem else "in TensorFlow"
-        raise errors.UnknownOp(f"op '{op_type}' is defined neither in the model nor {where}")
+        error = errors.UnknownOp if problem else UndefinedOp
+        raise error(f"op '{op_type}' is defined neither in the model nor {where}")
     return registered[op_type]
 
 
