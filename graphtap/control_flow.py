@@ -81,7 +81,7 @@ def allow_control_flow_taps(index, candidates, mode):
     """Lets candidates inside one If/Case branch be tapped, and with a loop `mode`, those
     inside one level of While body; the others stay refused, saying why."""
     for candidate in candidates:
-        if not candidate.blocked:
+        if not candidate.blocked or candidate.unknown_op:
             continue
         kinds = edge_kinds(index, candidate)
         inner = [kind for kind in kinds if kind != "call"]

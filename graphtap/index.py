@@ -13,7 +13,7 @@ import functools
 import re
 
 from graphtap import errors, protos, wire
-from graphtap.opdefs import CALL_OPS, OpRegistry
+from graphtap.opdefs import CALL_OPS, OpRegistry, UndefinedOp
 
 TAP_PREFIX = "graphtap/"  # names of the Identity nodes graphtap adds
 
@@ -44,6 +44,7 @@ class Candidate:
     layer_output: bool = False  # whether it is that layer's output
     loop: str = None  # inside a While body: how it is tapped (options.LOOP_MODES)
     in_branch: bool = False  # inside an If/Case branch, and allowed
+    unknown_op: bool = False  # its op is defined nowhere: outputs unknown, never tappable
 
     @property
     def name(self):
@@ -94,24 +95,25 @@ def call_target(node, functions):
     return None
 
 
-def function_attrs(node, registry):
-    """Every (attr name, function name) a node refers to through attrs its OpDef types
-    `func` or `list(func)` (a call node's `f`, a While's `body` and `cond`, ...)."""
-    for attr_name in registry.function_attr_names(node.op):
-        if attr_name not in node.attr:
-            continue
-        value = node.attr[attr_name]
-        if value.HasField("func"):
+def function_attrs(node):
+    """Every (attr name, function name) a node refers to: each attr whose value is a
+    `func` or a `list(func)` (a call node's `f`, a While's `body` and `cond`, ...). Read
+    from the values, not the OpDef: a model lists no OpDef for ops used only in control
+    flow (see opdefs)."""
+    for attr_name, value in node.attr.items():
+        kind = value.WhichOneof("value")
+        if kind == "func":
             yield attr_name, value.func.name
-        for func in value.list.func:
-            yield attr_name, func.name
+        elif kind == "list":
+            for func in value.list.func:
+                yield attr_name, func.name
 
 
 class _Body:
     """One body's node names, ops and function references, read from the protobuf once:
     reading a field of a protobuf message costs far more than reading a Python list."""
 
-    def __init__(self, function, nodes, functions, registry):
+    def __init__(self, function, nodes, functions):
         self.function = function
         # A list, not the repeated field: it keeps one Python object per node alive,
         # where the container would make a new one on every access.
@@ -119,7 +121,6 @@ class _Body:
         # Not the index itself: a reference back would be a cycle, which keeps every node
         # alive until the next garbage collection.
         self._functions = functions
-        self._registry = registry
 
     @functools.cached_property
     def ops(self):
@@ -144,21 +145,15 @@ class _Body:
         """{node position: [(attr name, function name, is a call)]} for every node that
         refers to a function: by a call op's `f`, by running it as its op type (attr name
         None), or through another func attr (a While's `body`, an If's branches, ...)."""
-        functions, registry = self._functions, self._registry
-        referring = {
-            op for op in set(self.ops)
-            if op in CALL_OPS or op in functions or registry.function_attr_names(op)
-        }
+        functions = self._functions
         found = {}
-        for i, op in enumerate(self.ops):
-            if op not in referring:
-                continue
-            node = self.nodes[i]
+        for i, (node, op) in enumerate(zip(self.nodes, self.ops)):
             refs = [(attr, name, attr == "f" and op in CALL_OPS)
-                    for attr, name in function_attrs(node, registry)]
+                    for attr, name in function_attrs(node)]
             if op in functions:
                 refs.append((None, op, True))
-            found[i] = refs
+            if refs:
+                found[i] = refs
         return found
 
     @functools.cached_property
@@ -242,7 +237,7 @@ class GraphIndex:
         body = self._bodies.get(function)
         if body is None:
             body = self._bodies[function] = _Body(function, self.body_nodes(function),
-                                                  self.functions, self.registry)
+                                                  self.functions)
         return body
 
     def forget(self, function):
@@ -388,19 +383,43 @@ class GraphIndex:
         if keep.regexes:
             matches = keep.name_matches
             found.update(i for i, name in enumerate(names) if matches(name))
-            fixed = {op: self.registry.fixed_output_count(op) for op in set(ops)}
-            found.update(
-                i for i, (name, op) in enumerate(zip(names, ops))
-                if fixed[op] != 1 and keep.output_name_matches(
-                    name, fixed[op] or self.registry.output_count(body.nodes[i]))
-            )
+            found.update(self._other_outputs(body, keep))
         return {i for i in found if not names[i].startswith(TAP_PREFIX)}
 
+    def _other_outputs(self, body, keep):
+        """Positions of the body's nodes an output k > 0 of which (`node:k`) a name regex
+        of `keep` full-matches. An op the model does not define (one used only in control
+        flow) is looked up only for a node a regex may name that way: one with `:` in it,
+        or matching `node:1`; the lookup may need TensorFlow's registry."""
+        registry = self.registry
+        fixed = {op: registry.fixed_output_count(op) for op in set(body.ops)
+                 if registry.defines(op)}
+        naming_outputs = any(":" in pattern for pattern in keep.regexes.patterns)
+        matches = keep.name_matches
+        for i, (name, op) in enumerate(zip(body.names, body.ops)):
+            count = fixed.get(op, 0)
+            if count == 1:
+                continue
+            if op not in fixed and not (naming_outputs or matches(f"{name}:1")):
+                continue
+            try:
+                count = count or registry.output_count(body.nodes[i])
+            except UndefinedOp:  # listed as such by _add_outputs, if selected
+                continue
+            if keep.output_name_matches(name, count):
+                yield i
+
     def _add_outputs(self, function, calls, blocked, node, tapped, found):
+        name, op = node.name, node.op
+        try:
+            outputs = self.registry.outputs(node)
+        except UndefinedOp as error:
+            found.append(Candidate(calls, function, name, op, 0, None, 0, 0, None,
+                                   blocked=_unknown_op_reason(error), unknown_op=True))
+            return
         shapes_attr = node.attr.get("_output_shapes")
         shapes = shapes_attr.list.shape if shapes_attr is not None else ()
-        name, op = node.name, node.op
-        for output, (arg, arg_index, dtype) in enumerate(self.registry.outputs(node)):
+        for output, (arg, arg_index, dtype) in enumerate(outputs):
             if dtype in _HANDLE_DTYPES:
                 continue
             ref = tensor_ref(function, name, output, arg, arg_index)
@@ -419,6 +438,12 @@ class GraphIndex:
                     tapped_by=tapped.get(ref),
                 )
             )
+
+
+def _unknown_op_reason(error):
+    """Why a node of an op defined nowhere is not tappable: its outputs are unknown."""
+    return (f"of an op with no definition at hand ({error.what}), so its outputs are "
+            "unknown; a SavedModel lists none for ops it uses only inside control flow")
 
 
 def _unique_names(nodes, where):

@@ -4,6 +4,12 @@ Definitions come from the model's own `meta_info_def.stripped_op_list` and funct
 library (a function's signature is the OpDef of ops that call it by name). Only an op
 found in neither is looked up in TensorFlow's registry, read by a child process and
 cached on disk (a frozen GraphDef carries no op definitions of its own).
+
+TensorFlow's saver lists the ops of the outer graph and of the functions it calls (by a
+call op's `f`, or by name), but not those of functions reached only through other attrs
+(a While's body, an If's branches: meta_graph.ops_used_by_graph_def). So an OpDef is asked
+for only where a node's outputs must be known; function references are read from attr
+values (index.function_attrs), which need none.
 """
 
 import collections
@@ -20,7 +26,6 @@ from absl import logging
 from graphtap import errors, protos
 
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
-_FUNC_TYPES = frozenset({"func", "list(func)"})
 
 # The most outputs a node may have. An attr (`num` of an Unpack, `num_split` of a Split)
 # says how many: a number a model can make as large as it likes, where every output costs
@@ -39,7 +44,6 @@ class OpRegistry:
     def __init__(self, stripped_op_list=(), functions=None):
         self._op_defs = {op_def.name: op_def for op_def in stripped_op_list}
         self._functions = functions or {}
-        self._function_attrs = {}
         self._fixed_output_counts = {}  # op type -> output count, None if it varies by node
         self._output_arg_fields = {}  # op type -> _output_arg_fields of its OpDef
 
@@ -51,13 +55,10 @@ class OpRegistry:
             op_def = self._op_defs[op_type] = _registered_op_def(op_type)
         return op_def
 
-    def function_attr_names(self, op_type):
-        """Names of the op's attrs whose type is `func` or `list(func)`."""
-        names = self._function_attrs.get(op_type)
-        if names is None:
-            names = tuple(a.name for a in self.op_def(op_type).attr if a.type in _FUNC_TYPES)
-            self._function_attrs[op_type] = names
-        return names
+    def defines(self, op_type):
+        """Whether the op's definition is at hand: in the model, or already read from
+        TensorFlow's registry (asking for it then starts no child process)."""
+        return op_type in self._functions or op_type in self._op_defs
 
     def fixed_output_count(self, op_type):
         """How many outputs every node of this op has; None if it varies by node."""
@@ -126,11 +127,17 @@ def _attr(node, op_def, name):
     raise errors.CorruptModel(f"node '{node.name}' ({node.op}) lacks attr '{name}'")
 
 
+class UndefinedOp(errors.UnknownOp):
+    """An op that neither the model nor TensorFlow's registry, read, defines (an op of a
+    custom library): an UnknownOp about one op, not about the registry."""
+
+
 def _registered_op_def(op_type):
     registered, problem = _registered_op_defs()
     if op_type not in registered:
         where = f"({problem})" if problem else "in TensorFlow"
-        raise errors.UnknownOp(f"op '{op_type}' is defined neither in the model nor {where}")
+        error = errors.UnknownOp if problem else UndefinedOp
+        raise error(f"op '{op_type}' is defined neither in the model nor {where}")
     return registered[op_type]
 
 

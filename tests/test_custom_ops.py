@@ -2,9 +2,9 @@
 defines them before verify, dump and activations load the model.
 
 The model is testdata/field/tf_text (tensorflow_text ops inside tf.cond and tf.map_fn);
-its reference values are in tf_text.npz (tools/make_field_models.py). It is run untapped:
-`graphtap tap` on it stops at the ops TensorFlow lacks (issue #16, items 4/5), so verify
-gets a copy marked as graphtap's output with no taps, and compares every original output.
+its reference values are in tf_text.npz (tools/make_field_models.py). It is run untapped
+(tapping it is tests/test_custom_ops_tap.py's): verify gets a copy marked as graphtap's
+output with no taps, and compares every original output.
 
 A check that the ops are missing runs in a child process: once this process imports
 tensorflow_text, TensorFlow knows its ops for good.
