@@ -2,7 +2,6 @@
 cycles, and a unit layer that is fast and imports no TensorFlow runtime."""
 
 import ast
-import pathlib
 import re
 import subprocess
 import sys
