@@ -9,14 +9,14 @@ the model, and importing graphtap imports neither TensorFlow nor numpy. What run
 
 import importlib
 
-from graphtap.api import Report, TapRecord, list_targets, profile_times, tap
+from graphtap.rewrite.tapping import Report, TapRecord, list_targets, profile_times, tap
 from graphtap.errors import GraphtapError
 from graphtap.options import TapOptions
 
 # Loaded on first use: they import numpy or TensorFlow.
-_LAZY = {"NpyFile": "dumping", "TFRecord": "dumping", "activations": "dumping",
-         "dump": "dumping", "Verification": "verification", "verify": "verification",
-         "profile": "profiling", "export": "hook"}
+_LAZY = {"NpyFile": "run.dumping", "TFRecord": "run.dumping", "activations": "run.dumping",
+         "dump": "run.dumping", "Verification": "run.verification", "verify": "run.verification",
+         "profile": "run.profiling", "export": "run.export"}
 
 __all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapOptions", "TapRecord",
            "Verification", "activations", "dump", "export", "list_targets", "profile",

@@ -21,10 +21,11 @@ import sys
 from absl import flags, logging
 
 import graphtap
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 from graphtap.flags import TapFlags, define_tap_flags
 from graphtap.printing import print_table, printing, require, shape
-from graphtap.select import compile_regex
+from graphtap.rewrite.selectors import compile_regex
 
 VERBS = ("tap", "list", "verify", "profile", "dump")
 RUN_VERBS = ("verify", "profile", "dump")
@@ -142,7 +143,7 @@ def verb_flags(verb):
 def main(verb, f):
     """Runs `verb` with its parsed flags `f`."""
     if verb in RUN_VERBS:  # the run layer, loaded only for the verbs that need it
-        importlib.import_module("graphtap.run_commands").run(verb, f)
+        importlib.import_module("graphtap.run.commands").run(verb, f)
         return
     require(f, "input")
     if verb == "list":

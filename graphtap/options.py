@@ -3,8 +3,8 @@
 import dataclasses
 
 from graphtap import errors
-from graphtap.select import parse_name_selectors
-from graphtap.signatures import INIT_OP_SIGNATURE
+from graphtap.rewrite.selectors import parse_name_selectors
+from graphtap.rewrite.signatures import INIT_OP_SIGNATURE
 
 LOOP_MODES = ("stack", "last")
 MODES = ("extend", "add")

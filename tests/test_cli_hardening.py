@@ -20,7 +20,8 @@ from conftest import child_env, tree_digest
 from loaders import run_tf1, run_tf2
 
 import graphtap
-from graphtap import errors, opdefs, paths, protos, staging
+from graphtap import errors
+from graphtap.rewrite import opdefs, paths, protos, staging
 
 
 def graphtap_process(*args, cwd=None, env=None, python=(), **popen):
@@ -120,7 +121,7 @@ def _assert_interrupted(process, out):
 # staged whole) until the FIFO argv[1] has a writer and delivers EOF.
 _BLOCK_BEFORE_PUBLISH = """
 import sys
-from graphtap import staging
+from graphtap.rewrite import staging
 fifo = sys.argv.pop(1)
 def block(point):
     if point == "before publish":

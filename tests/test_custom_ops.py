@@ -23,7 +23,7 @@ import pytest
 from conftest import child_env
 
 import graphtap
-from graphtap.api import MANIFEST
+from graphtap.rewrite.tapping import MANIFEST
 
 # CI installs it with `pip install --no-deps tensorflow-text` (its metadata wants the full
 # `tensorflow` wheel); found, not imported: importing registers its ops in this process.
@@ -119,7 +119,7 @@ def test_tensorflow_text_module_runs_verify_dump_and_activations(tmp_path):
     for key in ("scaled", "counts"):  # string outputs get statistics, no .npz
         with np.load(tmp_path / "dump" / f"{key}.npz") as saved:
             np.testing.assert_array_equal(saved[key], outputs[key])
-    from graphtap.verification import verify
+    from graphtap.run.verification import verify
 
     result = verify(MODEL, _marked_copy(tmp_path), inputs, custom_ops=["tensorflow_text"])
     assert result.ok, result.checks

@@ -17,7 +17,8 @@ import pytest
 import tensorflow as tf
 
 import graphtap
-from graphtap import errors, opdefs
+from graphtap import errors
+from graphtap.rewrite import opdefs
 
 TEXT = importlib.util.find_spec("tensorflow_text")
 needs_text = pytest.mark.skipif(TEXT is None, reason="tensorflow_text is not installed")

@@ -13,8 +13,9 @@ from conftest import child_env
 from loaders import run_tf2
 
 import graphtap
-from graphtap import dumping, errors
-from graphtap.stats import RunningStats
+from graphtap import errors
+from graphtap.run import dumping
+from graphtap.run.stats import RunningStats
 
 IMAGES = np.random.default_rng(11).standard_normal((37, 16, 16, 3)).astype("float32")
 

@@ -211,7 +211,7 @@ def test_verify_makes_valid_index_inputs_and_takes_an_npz(tmp_path):
     inputs, _, _, _ = _reference("hub_bert")
     out = str(tmp_path / "tapped")
     graphtap.tap(_model("hub_bert"), out, layers=["get_item"])
-    from graphtap.verification import verify
+    from graphtap.run.verification import verify
 
     result = verify(_model("hub_bert"), out)
     assert result.ok, [c for c in result.checks if c.status != "match"]
@@ -244,7 +244,7 @@ def test_verify_names_a_generated_input_the_model_rejects(tmp_path):
     path, out = str(tmp_path / "model"), str(tmp_path / "tapped")
     tf.saved_model.save(module, path, signatures=module.__call__)
     graphtap.tap(path, out, ops=["Mul"])
-    from graphtap.verification import verify
+    from graphtap.run.verification import verify
 
     with pytest.raises(graphtap.errors.GraphtapError,
                        match=r"rejects the generated input\(s\) count .*--inputs") as raised:
@@ -257,7 +257,7 @@ def test_string_taps_verify_as_bytes_and_dump_counts_them(tmp_path):
     inputs, _, reference, _ = _reference("tfk_lookup")
     out = str(tmp_path / "tapped")
     graphtap.tap(_model("tfk_lookup"), out, layers=["lower", "lookup"])
-    from graphtap.verification import verify
+    from graphtap.run.verification import verify
 
     result = verify(_model("tfk_lookup"), out, inputs=inputs)
     assert result.ok, [c for c in result.checks if c.status != "match"]

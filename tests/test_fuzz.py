@@ -12,7 +12,8 @@ import pytest
 from conftest import tree_digest
 
 import graphtap
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 
 CASES = int(os.environ.get("GRAPHTAP_FUZZ_CASES", "400"))
 

@@ -8,8 +8,8 @@ from loaders import assert_close, run_tf2
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2
 
 import graphtap
-from graphtap import io, protos
-from graphtap.index import TAP_PREFIX
+from graphtap.rewrite import model_io, protos
+from graphtap.rewrite.index import TAP_PREFIX
 
 X = np.random.default_rng(9).standard_normal((3, 4)).astype("float32")
 
@@ -60,7 +60,7 @@ def _ran(nodes, name):
 @pytest.mark.compat("Grappler pruning (taps are outputs, so they stay)")
 def test_an_identity_that_is_no_output_is_pruned(dead_branch, tmp_path):
     # Add an Identity of `side` the way a naive tool would: in the function, no output.
-    model = io.read(dead_branch)
+    model = model_io.read(dead_branch)
     meta_graph = model.proto.meta_graphs[0]
     function = next(f for f in meta_graph.graph_def.library.function
                     if any(n.name == "side" for n in f.node_def))
@@ -69,7 +69,7 @@ def test_an_identity_that_is_no_output_is_pruned(dead_branch, tmp_path):
     identity.input.append("side:y:0")
     identity.attr["T"].type = protos.dtype_enum("DT_FLOAT")
     naive = str(tmp_path / "naive")
-    io.write_saved_model(model.proto, dead_branch, naive, {}, overwrite=False)
+    model_io.write_saved_model(model.proto, dead_branch, naive, {}, overwrite=False)
     _, nodes = _session_run(naive, ["output_0"])
     assert _ran(nodes, "act") and not _ran(nodes, "side")
 

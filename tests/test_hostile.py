@@ -16,7 +16,7 @@ from conftest import child_env, tree_digest
 from loaders import run_tf2
 
 import graphtap
-from graphtap import protos
+from graphtap.rewrite import protos
 
 def graphtap_process(*args):
     return subprocess.Popen([sys.executable, "-m", "graphtap", *args], stdout=subprocess.PIPE,

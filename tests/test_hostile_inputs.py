@@ -17,7 +17,8 @@ from conftest import child_env
 from loaders import run_tf2
 
 import graphtap
-from graphtap import errors, protos, wire
+from graphtap import errors
+from graphtap.rewrite import protos, wire
 
 MANIFEST = os.path.join("assets.extra", "graphtap.json")
 
@@ -53,7 +54,7 @@ def _with_manifest(model_dir, text):
 # Item 14: a malformed manifest in the input.
 @pytest.mark.parametrize("case", sorted(MANIFESTS))
 def test_malformed_manifest_is_a_corrupt_model_naming_it(cnn_copy, tmp_path, case):
-    from graphtap.verification import verify
+    from graphtap.run.verification import verify
 
     path = _with_manifest(cnn_copy, MANIFESTS[case])
     with pytest.raises(errors.CorruptModel, match="manifest") as tapping:
@@ -73,7 +74,7 @@ def test_dump_refuses_a_malformed_manifest(cnn_copy, tmp_path):
 
 
 def test_a_manifest_graphtap_wrote_is_read_back_and_extended(keras_cnn, tmp_path):
-    from graphtap import manifest
+    from graphtap.rewrite import manifest
 
     once, twice = tmp_path / "once", tmp_path / "twice"
     graphtap.tap(keras_cnn[0], str(once), ops=["Softmax"])
@@ -127,7 +128,7 @@ def test_lookaround_and_backreferences_are_refused_naming_the_selector(keras_cnn
 
 
 def test_selectors_still_full_match(keras_cnn):
-    from graphtap.select import RegexSet
+    from graphtap.rewrite.selectors import RegexSet
 
     names = [c.name for c in graphtap.list_targets(keras_cnn[0])]
     patterns = ["cnn_1/dense_1/Relu", "cnn_1/dense_1", ".*Relu", "cnn_1/(conv|dense)_1/.*",
@@ -280,7 +281,7 @@ def test_a_tap_a_thousand_calls_deep_loads_and_is_right(tmp_path):
     assert listed.returncode == 0, listed.stderr
     assert [row["name"] for row in json.loads(listed.stdout)] == ["deepest"]
     assert tapped.returncode == 0, tapped.stderr
-    from graphtap import manifest
+    from graphtap.rewrite import manifest
 
     assert [len(t["call_path"]) for t in manifest.read(out)] == [depth + 3]
     outputs = run_tf2(out, "serving_default", {"x": x})

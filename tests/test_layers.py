@@ -6,7 +6,8 @@ import pytest
 from loaders import assert_bit_identical, assert_close, run_tf1, run_tf2, submodel_outputs
 
 import graphtap
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 
 RNG = np.random.default_rng(21)
 IMAGES = RNG.standard_normal((3, 16, 16, 3)).astype("float32")

@@ -10,7 +10,8 @@ from conftest import child_env
 from loaders import run_tf2
 
 import graphtap
-from graphtap import errors, traces
+from graphtap import errors
+from graphtap.rewrite import traces
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_profile_then_tap_the_top_five(profiles, name, tmp_path):
 def _inputs(path):
     import numpy as np
 
-    from graphtap.dumping import Runner
+    from graphtap.run.dumping import Runner
 
     specs = Runner(path, None).specs
     return {name: np.ones([2] + [d or 1 for d in spec.shape.as_list()[1:]], "float32")

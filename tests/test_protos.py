@@ -3,10 +3,10 @@
 import os
 
 import graphtap
-from graphtap import io, protos
-from graphtap.api import MANIFEST
-from graphtap.index import GraphIndex
-from graphtap.rewrite import SignatureObjects, TapRewrite
+from graphtap.rewrite import model_io, protos
+from graphtap.rewrite.tapping import MANIFEST
+from graphtap.rewrite.index import GraphIndex
+from graphtap.rewrite.plumbing import SignatureObjects, TapRewrite
 
 
 def _read_pb(model_dir):
@@ -17,13 +17,13 @@ def _read_pb(model_dir):
 def test_no_op_rewrite_reproduces_saved_model_pb(keras_cnn, nested_module, tf1_builder,
                                                  mobilenet_v2, tmp_path):
     for i, (path, _) in enumerate((keras_cnn, nested_module, tf1_builder, mobilenet_v2)):
-        model = io.read(path)
+        model = model_io.read(path)
         for meta_graph in model.proto.meta_graphs:
             objects = SignatureObjects(meta_graph.object_graph_def)
             index = GraphIndex(meta_graph.graph_def, meta_graph.meta_info_def.stripped_op_list.op)
             TapRewrite(index, meta_graph.signature_def, objects).apply([])
         out = str(tmp_path / str(i))
-        io.write_saved_model(model.proto, path, out, {}, overwrite=False)
+        model_io.write_saved_model(model.proto, path, out, {}, overwrite=False)
         assert _read_pb(out) == _read_pb(path)
         assert sorted(os.listdir(out)) == sorted(set(os.listdir(path)) - {"fingerprint.pb"})
 

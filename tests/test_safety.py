@@ -18,7 +18,8 @@ from conftest import child_env, tree_digest
 from loaders import run_tf2
 
 import graphtap
-from graphtap import errors, staging
+from graphtap import errors
+from graphtap.rewrite import staging
 
 IMAGES = np.random.default_rng(3).normal(size=(2, 32, 32, 3)).astype("float32")
 

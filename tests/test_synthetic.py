@@ -4,7 +4,7 @@ graphtap taps correctly."""
 import importlib.util
 
 import graphtap
-from graphtap import protos
+from graphtap.rewrite import protos
 
 from conftest import ROOT
 

@@ -15,8 +15,9 @@ import tensorflow as tf
 from loaders import assert_bit_identical, assert_close, run_tf1, run_tf2, submodel_outputs
 
 import graphtap
-from graphtap import errors, protos
-from graphtap.index import call_target
+from graphtap import errors
+from graphtap.rewrite import protos
+from graphtap.rewrite.index import call_target
 
 RNG = np.random.default_rng(7)
 IMAGES = {"image": RNG.standard_normal((3, 16, 16, 3)).astype("float32")}

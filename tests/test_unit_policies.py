@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from graphtap import cli, errors, manifest, signatures
-from graphtap.keys import assign_keys, sanitize, unique_name
+from graphtap import cli, errors
+from graphtap.rewrite import manifest, signatures
+from graphtap.rewrite.keys import assign_keys, sanitize, unique_name
 from graphtap.options import TapOptions
-from graphtap.select import RegexSet, compile_regex, parse_name_selectors, select
+from graphtap.rewrite.selectors import RegexSet, compile_regex, parse_name_selectors, select
 
 pytestmark = pytest.mark.unit
 

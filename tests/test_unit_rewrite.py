@@ -9,7 +9,8 @@ import pathlib
 import pytest
 
 import graphtap
-from graphtap import errors, io, protos, wire
+from graphtap import errors
+from graphtap.rewrite import model_io, protos, wire
 
 pytestmark = pytest.mark.unit
 
@@ -27,7 +28,7 @@ def _saved_model(path):
 def test_stubbed_reading_agrees_with_protobuf(name):
     """The byte-level reader's stubs, filled, give exactly protobuf's parse of the file."""
     data = (FIELD / name / "saved_model.pb").read_bytes()
-    model = io.read(str(FIELD / name), stubs=True)
+    model = model_io.read(str(FIELD / name), stubs=True)
     if model.layout is not None:
         wire.fill_stubs(model.layout, model.proto)
     assert model.proto == protos.SavedModel.FromString(data)

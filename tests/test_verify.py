@@ -9,7 +9,7 @@ import pytest
 from conftest import child_env
 
 import graphtap
-from graphtap import protos
+from graphtap.rewrite import protos
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""graphtap.wire: a tap writes saved_model.pb by copying the input's bytes wherever the
+"""graphtap.rewrite.wire: a tap writes saved_model.pb by copying the input's bytes wherever the
 rewrite left them alone, and what it writes is exactly the rewritten model.
 
 (Every tap of the suite also checks its spliced file against the whole rewritten
@@ -10,7 +10,8 @@ import shutil
 import pytest
 
 import graphtap
-from graphtap import errors, io, protos, wire
+from graphtap import errors
+from graphtap.rewrite import model_io, protos, wire
 
 
 def _read(model_dir):
@@ -37,7 +38,7 @@ def _refuse_whole_serialization(monkeypatch):
     def refuse(message):
         raise AssertionError("saved_model.pb was serialized whole, not spliced")
 
-    monkeypatch.setattr(io, "_serialize", refuse)
+    monkeypatch.setattr(model_io, "_serialize", refuse)
 
 
 @pytest.mark.parametrize("fixture, selectors", [
@@ -195,7 +196,7 @@ def test_functions_no_tap_reaches_are_copied_unparsed(keras_cnn, tmp_path, monke
     listed = [(c.name, c.layer, c.layer_output) for c in graphtap.list_targets(broken)]
     assert listed == [(c.name, c.layer, c.layer_output) for c in graphtap.list_targets(source)]
     assert any(layer_output for _, _, layer_output in listed)
-    monkeypatch.delenv(io.VERIFY_SPLICE_ENV)  # it parses the whole output
+    monkeypatch.delenv(model_io.VERIFY_SPLICE_ENV)  # it parses the whole output
 
     report = graphtap.tap(broken, str(tmp_path / "out"), ops=["Relu"])
 

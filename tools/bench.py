@@ -48,9 +48,9 @@ import time
 from absl import app, flags
 
 import graphtap
-from graphtap import api, check, io, protos, wire
-from graphtap.index import GraphIndex
-from graphtap.rewrite import TapRewrite
+from graphtap.rewrite import check, model_io, protos, tapping, wire
+from graphtap.rewrite.index import GraphIndex
+from graphtap.rewrite.plumbing import TapRewrite
 
 flags.DEFINE_list("models", ["mobilenetv2", "resnet50", "efficientnetb0", "densenet121",
                              "synthetic_1k", "synthetic_10k", "synthetic_100k",
@@ -287,18 +287,18 @@ def print_table(header, rows):
 
 # The phases of graphtap.tap that --breakdown times: (label, owner, attribute).
 TAP_PHASES = (
-    ("read and parse", io, "read"),
+    ("read and parse", model_io, "read"),
     ("  of which the layout", wire, "layout"),  # read with stubs needs it: see wire.stubbed
     ("layout", wire, "graph_def_layout"),
     ("index and check the input", check, "check_input"),
-    ("select", api, "_candidates"),
+    ("select", tapping, "_candidates"),
     ("select", GraphIndex, "all_candidates"),
     ("rewrite", TapRewrite, "apply"),
     ("check the output", check, "check_output"),
-    ("manifest", api, "_manifest"),
-    ("write (splice, files, staging)", io, "write_saved_model"),
-    ("write (splice, files, staging)", io, "write_graph_def"),
-    ("  of which the splice", io, "_chunks"),
+    ("manifest", tapping, "_manifest"),
+    ("write (splice, files, staging)", model_io, "write_saved_model"),
+    ("write (splice, files, staging)", model_io, "write_graph_def"),
+    ("  of which the splice", model_io, "_chunks"),
 )
 
 

@@ -62,7 +62,7 @@ def prepare():
 
 def input_name(model_dir):
     """The only input of the model's serving signature."""
-    from graphtap import protos
+    from graphtap.rewrite import protos
 
     with open(os.path.join(model_dir, "saved_model.pb"), "rb") as f:
         meta_graph = protos.SavedModel.FromString(f.read()).meta_graphs[0]

@@ -28,7 +28,8 @@ import socket
 import stat
 import sys
 
-from graphtap import errors, paths
+from graphtap import errors
+from graphtap.rewrite import paths
 
 PREFIX = ".graphtap-"
 LOCK_FILE = "graphtap.lock"

@@ -17,7 +17,8 @@ import dataclasses
 import glob
 import os
 
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 
 PROFILE_DIR = os.path.join("plugins", "profile")
 

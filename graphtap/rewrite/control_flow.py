@@ -23,10 +23,10 @@ output, which the branch returns, and every other branch (copied) returns an emp
 of the same dtype in its place. Nested control flow is refused.
 """
 
-from graphtap import protos
-from graphtap.index import argument_names, unknown_shape
-from graphtap.keys import fresh_names, unique_name
-from graphtap.nodes import (
+from graphtap.rewrite import protos
+from graphtap.rewrite.index import argument_names, unknown_shape
+from graphtap.rewrite.keys import fresh_names, unique_name
+from graphtap.rewrite.nodes import (
     INT32,
     add_const,
     add_node,
@@ -37,7 +37,7 @@ from graphtap.nodes import (
     scalar_zero,
     shape_tensor,
 )
-from graphtap.opdefs import CALL_OPS
+from graphtap.rewrite.opdefs import CALL_OPS
 
 WHILE_OPS = frozenset({"While", "StatelessWhile"})
 BRANCH_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),

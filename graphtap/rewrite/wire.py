@@ -24,7 +24,8 @@ try:
 except ImportError:
     unknown_fields = None
 
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 
 _LENGTH_DELIMITED = 2
 

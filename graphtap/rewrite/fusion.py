@@ -8,7 +8,7 @@ unfused: correct, but slower. Tapping the chain's last op costs nothing.
 
 import collections
 
-from graphtap.index import node_of
+from graphtap.rewrite.index import node_of
 
 CONTRACTIONS = frozenset({"MatMul", "BatchMatMulV2", "Conv2D", "Conv3D",
                           "DepthwiseConv2dNative"})

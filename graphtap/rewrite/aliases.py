@@ -7,8 +7,8 @@ output after the model's output layer, so `--tap_layer=predictions` selects the 
 tensor that the output `predictions` already is).
 """
 
-from graphtap.index import Call, node_of
-from graphtap.opdefs import CALL_OPS
+from graphtap.rewrite.index import Call, node_of
+from graphtap.rewrite.opdefs import CALL_OPS
 
 _PASS_THROUGH = frozenset({"Identity", "StopGradient", "Snapshot"})
 

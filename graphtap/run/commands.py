@@ -9,9 +9,10 @@ import sys
 import numpy as np
 
 import graphtap
-from graphtap import errors, paths
+from graphtap import errors
+from graphtap.rewrite import paths
 from graphtap.printing import print_table, printing, require, shape
-from graphtap.verification import verify
+from graphtap.run.verification import verify
 
 
 def run(verb, f):

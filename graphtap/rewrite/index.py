@@ -12,8 +12,9 @@ import dataclasses
 import functools
 import re
 
-from graphtap import errors, protos, wire
-from graphtap.opdefs import CALL_OPS, OpRegistry, UndefinedOp
+from graphtap import errors
+from graphtap.rewrite import protos, wire
+from graphtap.rewrite.opdefs import CALL_OPS, OpRegistry, UndefinedOp
 
 TAP_PREFIX = "graphtap/"  # names of the Identity nodes graphtap adds
 
@@ -297,7 +298,7 @@ class GraphIndex:
         calls the root nodes themselves make: a TF2 signature's outputs are those of one
         call node, and the TF2 loader runs its function alone, not the graph around it.
 
-        `keep`, a select.Prefilter, if given, says which nodes may be wanted: only their
+        `keep`, a selectors.Prefilter, if given, says which nodes may be wanted: only their
         outputs become candidates, which spares resolving every node's outputs.
         """
         cone = self._outer_cone(root_nodes, follow_inputs=outer_tensors)

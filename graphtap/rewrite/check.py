@@ -8,9 +8,9 @@ rewritten model before anything is written, where it means a graphtap bug.
 import collections
 
 from graphtap import errors
-from graphtap.index import node_of
-from graphtap.opdefs import CALL_OPS, OpRegistry
-from graphtap.rewrite import signature_call_node
+from graphtap.rewrite.index import node_of
+from graphtap.rewrite.opdefs import CALL_OPS, OpRegistry
+from graphtap.rewrite.plumbing import signature_call_node
 
 
 class InternalError(errors.GraphtapError):

@@ -23,7 +23,8 @@ import tempfile
 
 from absl import logging
 
-from graphtap import errors, protos
+from graphtap import errors
+from graphtap.rewrite import protos
 
 CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
 

@@ -4,16 +4,17 @@ import contextlib
 import dataclasses
 import gc
 
-from graphtap import aliases, check, control_flow, errors, io, manifest, protos, wire
-from graphtap.fusion import fusion_warnings
-from graphtap.index import GraphIndex, node_of, shape_dims
-from graphtap.keys import assign_keys, unique_name
-from graphtap.layers import LayerMap
+from graphtap import errors
+from graphtap.rewrite import aliases, check, control_flow, manifest, model_io, protos, wire
+from graphtap.rewrite.fusion import fusion_warnings
+from graphtap.rewrite.index import GraphIndex, node_of, shape_dims
+from graphtap.rewrite.keys import assign_keys, unique_name
+from graphtap.rewrite.layers import LayerMap
 from graphtap.options import TapOptions
-from graphtap.rewrite import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.select import Prefilter, RegexSet, select
-from graphtap.signatures import choose_signatures, meta_graph_position, runnable_signatures
-from graphtap.traces import match_trace, trace_files
+from graphtap.rewrite.plumbing import SignatureObjects, Tap, TapRewrite, add_signature
+from graphtap.rewrite.selectors import Prefilter, RegexSet, select
+from graphtap.rewrite.signatures import choose_signatures, meta_graph_position, runnable_signatures
+from graphtap.rewrite.traces import match_trace, trace_files
 
 MANIFEST = manifest.PATH
 
@@ -80,8 +81,8 @@ def _tap(input_path, output_path, options):
     signatures, mode, tag_set = options.signatures, options.mode, options.tag_set
     tapped_signature = options.tapped_signature
     name_selectors = list(names)
-    model = io.read(input_path, stubs=True)
-    io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
+    model = model_io.read(input_path, stubs=True)
+    model_io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
     if not model.is_saved_model:
         if profile:
             raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
@@ -150,7 +151,7 @@ def _tap(input_path, output_path, options):
                        set(index.functions) - rewrite.edited_in_place)
     records = [_record(t, sources[t.signature], same_function.get(sources[t.signature]))
                for t in taps]
-    io.write_saved_model(model.proto, model.path, output_path,
+    model_io.write_saved_model(model.proto, model.path, output_path,
                          {MANIFEST: _manifest(model.path, records)}, overwrite,
                          layout, _edits(rewrite), options.link_variables)
     asked = tuple(r for r in records if r.same_function_as is None)
@@ -215,7 +216,7 @@ def profile_times(input_path, logdir, signature=None, tag_set="serve"):
     """A traces.ProfileMatch: the time each node of a signature took in the trace
     under `logdir`, most first, and the op events that map to no node. No TensorFlow."""
     with errors_about(input_path):
-        model = io.read(input_path)
+        model = model_io.read(input_path)
         if not model.is_saved_model:
             raise errors.BadArgument("profiles map onto SavedModel signatures", model.path)
         meta_graph = _meta_graph(model, tag_set)
@@ -225,7 +226,7 @@ def profile_times(input_path, logdir, signature=None, tag_set="serve"):
 
 
 def _list_targets(input_path, signatures, tag_set):
-    model = io.read(input_path, stubs=True)
+    model = model_io.read(input_path, stubs=True)
     if not model.is_saved_model:
         index = GraphIndex(model.proto)
         candidates = index.all_candidates()
@@ -321,7 +322,7 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
     warnings = fusion_warnings(index, taps)
     rewrite = TapRewrite(index)
     rewrite.apply(taps)
-    io.write_graph_def(model.proto, model.path, output_path, overwrite, layout,
+    model_io.write_graph_def(model.proto, model.path, output_path, overwrite, layout,
                        _edits(rewrite))
     records = tuple(_record(t, None) for t in taps)
     return Report(model.path, output_path, records, tuple(sorted(set(already))), tuple(warnings))

@@ -18,16 +18,17 @@ in sorted-key order; SignatureDef tensor names are updated to match.
 import collections
 import dataclasses
 
-from graphtap import control_flow, errors, protos, wire
-from graphtap.index import (
+from graphtap import errors
+from graphtap.rewrite import control_flow, protos, wire
+from graphtap.rewrite.index import (
     TAP_PREFIX,
     argument_names,
     node_of,
     tensor_ref,
     unknown_shape,
 )
-from graphtap.keys import fresh_names, sanitize, unique_name
-from graphtap.opdefs import CALL_OPS
+from graphtap.rewrite.keys import fresh_names, sanitize, unique_name
+from graphtap.rewrite.opdefs import CALL_OPS
 
 _LIST_SHAPE_FIELD = (protos.AttrValue.DESCRIPTOR.nested_types_by_name["ListValue"]
                      .fields_by_name["shape"].number)

@@ -25,7 +25,7 @@ import collections
 import re
 
 from graphtap import errors
-from graphtap.index import node_of
+from graphtap.rewrite.index import node_of
 
 _SUFFIX = re.compile(r"_\d+$")
 _NOT_OUTPUTS = frozenset({"Const", "ReadVariableOp", "VarHandleOp", "NoOp"})

@@ -8,7 +8,8 @@ every record it returns. No numpy, no TensorFlow: the rewrite layer uses it.
 import json
 import os
 
-from graphtap import errors, source_files
+from graphtap import errors
+from graphtap.rewrite import source_files
 
 PATH = os.path.join("assets.extra", "graphtap.json")
 

@@ -17,9 +17,11 @@ import zipfile
 import numpy as np
 from absl import logging
 
-from graphtap import errors, io, manifest, paths, runtime
-from graphtap.signatures import choose_signatures, tags
-from graphtap.stats import RunningStats
+from graphtap import errors
+from graphtap.rewrite import manifest, model_io, paths
+from graphtap.run import runtime
+from graphtap.rewrite.signatures import choose_signatures, tags
+from graphtap.run.stats import RunningStats
 
 STATS_FILE = "stats.json"
 SHARD_BYTES = 1 << 30  # a key's values go to numbered shards beyond this many bytes
@@ -60,11 +62,11 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     if save not in ("stats", "npz"):
         raise errors.BadArgument(f"save must be 'stats' or 'npz', not '{save}'")
     inputs = [model_dir, *_data_paths(data)]
-    io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
+    model_io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
     for source in inputs if tensorboard else ():
         paths.check_not_inside(source, tensorboard)
     runner = Runner(model_dir, signature, tag_set, custom_ops)
-    with io.staged_directory(out_dir, overwrite, STATS_FILE, inputs) as staging:
+    with model_io.staged_directory(out_dir, overwrite, STATS_FILE, inputs) as staging:
         stats = {}
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None
@@ -111,7 +113,7 @@ class Runner:
         import tensorflow as tf
 
         self.tf = tf
-        io.read(model_dir)  # the same errors as every command for a missing or broken model
+        model_io.read(model_dir)  # the same errors as every command for a missing or broken model
         runtime.load_custom_ops(custom_ops)
         loaded = runtime.saved_model(model_dir, tags(tag_set))
         (signature,) = choose_signatures(loaded.signatures.keys(), signature, model_dir)

@@ -2,8 +2,10 @@
 trace back onto the signature's tensors (graphtap.traces). Imports TensorFlow.
 """
 
-from graphtap import api, errors, paths, runtime
-from graphtap.dumping import Runner
+from graphtap import errors
+from graphtap.rewrite import paths, tapping
+from graphtap.run import runtime
+from graphtap.run.dumping import Runner
 
 
 def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size=1,
@@ -13,11 +15,11 @@ def profile(input_path, logdir, inputs=None, signature=None, runs=10, batch_size
     traces.ProfileMatch. inputs: {name: array}; others are random, `batch_size`
     examples. custom_ops: modules to import and `.so` files to load first, for the model's
     custom ops."""
-    with api.errors_about(input_path):
+    with tapping.errors_about(input_path):
         paths.check_not_inside(input_path, logdir)
         key = run_profile(input_path, logdir, inputs, signature, runs, batch_size,
                           custom_ops=custom_ops)
-    return api.profile_times(input_path, logdir, key)
+    return tapping.profile_times(input_path, logdir, key)
 
 
 def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_size=1, seed=0,

@@ -13,7 +13,7 @@ import re
 import re2
 
 from graphtap import errors
-from graphtap.keys import KEY_CHARS
+from graphtap.rewrite.keys import KEY_CHARS
 
 _RENAME_RE = re.compile(f"^(?P<pattern>.+)=(?P<key>{KEY_CHARS}+)$")
 

@@ -11,7 +11,8 @@ import os
 
 from google.protobuf import message, text_format
 
-from graphtap import errors, manifest, paths, protos, source_files, staging, wire
+from graphtap import errors
+from graphtap.rewrite import manifest, paths, protos, source_files, staging, wire
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"

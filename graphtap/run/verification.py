@@ -14,8 +14,10 @@ import time
 
 import numpy as np
 
-from graphtap import errors, manifest, runtime
-from graphtap.signatures import runnable_signatures, tags
+from graphtap import errors
+from graphtap.rewrite import manifest
+from graphtap.run import runtime
+from graphtap.rewrite.signatures import runnable_signatures, tags
 
 LOAD_PATHS = ("tf2", "tf1")
 

@@ -4,7 +4,7 @@ import os
 import shutil
 import tempfile
 
-from graphtap import api
+from graphtap.rewrite import tapping
 from graphtap.options import TapOptions
 
 
@@ -30,6 +30,6 @@ def export(model_or_module, export_dir, signatures=None, options=None, **changes
         else:
             tf.saved_model.save(model_or_module, saved, signatures=signatures)
         # The untapped copy is removed below, so the output may take its variables' files.
-        return api.tap(saved, export_dir, options, link_variables=True)
+        return tapping.tap(saved, export_dir, options, link_variables=True)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,9 +1,9 @@
 """Adding nodes to a body (a FunctionDef's, or the outer graph's): unique names, tensor
 references in the body's own notation, and small constant tensors."""
 
-from graphtap import protos
-from graphtap.index import tensor_ref
-from graphtap.keys import unique_name
+from graphtap.rewrite import protos
+from graphtap.rewrite.index import tensor_ref
+from graphtap.rewrite.keys import unique_name
 
 INT32 = protos.dtype_enum("DT_INT32")
 
