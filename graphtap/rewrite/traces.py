@@ -1,5 +1,5 @@
 """Profiler traces as a selector: map a trace's op events back to the tensors of a
-signature's functions. Reading a trace never imports TensorFlow (graphtap.profiling runs
+signature's functions. Reading a trace never imports TensorFlow (graphtap.run.profiling runs
 one).
 
 A CPU trace (`plugins/profile/<run>/<host>.xplane.pb`, an XSpace) has, on its `/host:CPU`
