@@ -187,7 +187,7 @@ def test_max_examples_stops_early(tapped_cnn, tmp_path):
 ])
 def test_bad_data_is_one_error_and_leaves_no_output(tapped_cnn, tmp_path, data, message):
     _, out, _, _ = tapped_cnn
-    with pytest.raises(dumping.BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(errors.BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         graphtap.dump(out, data, str(tmp_path / "acts"), progress=False)
     assert os.listdir(tmp_path) == []
 
