@@ -63,3 +63,11 @@ class UnsafeInput(GraphtapError):
 
 class BadArgument(GraphtapError):
     """An argument has a value the operation does not take, or one that contradicts another."""
+
+
+class BadInput(GraphtapError):
+    """Data that the signature cannot take: unknown name, wrong dtype or shape, unreadable."""
+
+
+class InternalError(GraphtapError):
+    """The rewrite produced an inconsistent model: a bug in graphtap."""

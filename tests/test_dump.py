@@ -74,18 +74,57 @@ def test_streamed_statistics_equal_numpy_over_everything(tapped_cnn, direct, tmp
         assert s["nan_count"] == s["inf_count"] == 0
 
 
+def _held_bytes(obj, seen=None):
+    """Bytes reachable from `obj` through instance attributes, containers and arrays (a view
+    counts the data it shows): whatever a RunningStats keeps, and wherever it keeps it. A
+    number counts 8 bytes, its value, not the size of Python's representation (which grows
+    with the count's digits, not with what is held)."""
+    if isinstance(obj, (int, float, np.number)):
+        return 8
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    size = sys.getsizeof(obj)
+    if isinstance(obj, np.ndarray):
+        return size if obj.flags.owndata else size + obj.nbytes
+    if isinstance(obj, dict):
+        children = [*obj.keys(), *obj.values()]
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        children = obj
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        children = vars(obj).values()
+    else:
+        children = ()
+    return size + sum(_held_bytes(child, seen) for child in children)
+
+
+class _KeepsBatches(RunningStats):
+    """What the test must catch: statistics that hold on to what passed through them."""
+
+    def add(self, batch):
+        super().add(batch)
+        self.kept = getattr(self, "kept", []) + [batch]
+
+
 def test_streaming_holds_one_batch_whatever_the_data_size(tapped_cnn):
     """Batches come in at batch size, and the statistics hold as much after 8 batches of
-    data as after one: nothing grows with the data set."""
+    data as after one: nothing grows with the data set. Everything the statistics objects
+    reach is counted (not only the arrays they make on the first batch), and statistics
+    that keep their batches are seen to grow."""
     _, out, _, _ = tapped_cnn
-    stats = {}
-    held = []
+    stats, keeping = {}, {}
+    held, held_keeping, seen_bytes = [], [], 0
     for outputs in graphtap.activations(out, {"image": IMAGES}, batch_size=5):
         assert {len(v) for v in outputs.values()} <= {5, len(IMAGES) % 5}
         for key, values in outputs.items():
             stats.setdefault(key, RunningStats()).add(values)
-        held.append(sum(s.held_bytes() for s in stats.values()))
+            keeping.setdefault(key, _KeepsBatches()).add(values)
+            seen_bytes += values.nbytes
+        held.append(_held_bytes(stats))
+        held_keeping.append(_held_bytes(keeping))
     assert len(held) == 8 and len(set(held)) == 1
+    assert held_keeping[-1] - held_keeping[0] > seen_bytes / 2  # the measure sees retention
 
 
 def test_zero_fraction_finds_a_dead_layer(tmp_path):
@@ -187,7 +226,7 @@ def test_max_examples_stops_early(tapped_cnn, tmp_path):
 ])
 def test_bad_data_is_one_error_and_leaves_no_output(tapped_cnn, tmp_path, data, message):
     _, out, _, _ = tapped_cnn
-    with pytest.raises(dumping.BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(errors.BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         graphtap.dump(out, data, str(tmp_path / "acts"), progress=False)
     assert os.listdir(tmp_path) == []
 

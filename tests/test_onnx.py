@@ -58,9 +58,10 @@ def test_tf2onnx_signature_def_keeps_taps_with_tensorflows_values(tapped, tmp_pa
 @pytest.mark.compat("tf2onnx + onnxruntime")
 def test_tf2onnx_without_signature_def_converts_serve_which_is_tapped_too(
         keras_cnn, tapped, tmp_path):
-    """README's "Which signature a consumer reads": plain `tf2onnx.convert --saved-model`
-    takes the first signature, `serve` on a Keras 3 export; the taps are there because
-    `tap` taps `serve` too by default, and not when told to tap `serving_default` alone."""
+    """docs/compatibility.md, "Which signature a consumer reads": plain
+    `tf2onnx.convert --saved-model` takes the first signature, `serve` on a Keras 3 export;
+    the taps are there because `tap` taps `serve` too by default, and not when told to tap
+    `serving_default` alone."""
     result = tf2onnx_convert(tapped, tmp_path / "serve.onnx")
     assert "using first signature: serve" in result.stderr
     expected = run_tf2(tapped, "serve", IMAGES)

@@ -25,19 +25,25 @@ def tapped_models(keras_cnn, nested_module, tf1_builder, mobilenet_v2, tmp_path_
         ("mobilenet", mobilenet_v2, dict(ops=["Relu6"])),
     ):
         out = str(root / name)
-        graphtap.tap(path, out, **options)
-        made[name] = (path, out)
+        report = graphtap.tap(path, out, **options)
+        records = report.taps + report.same_function_taps
+        made[name] = (path, out, {(record.signature, record.key) for record in records})
     return made
 
 
 @pytest.mark.parametrize("name", ["cnn", "cnn_add", "nested", "tf1", "mobilenet"])
 @pytest.mark.compat("graphtap verify")
 def test_verify_passes_on_good_rewrites(tapped_models, name):
-    original, tapped = tapped_models[name]
+    original, tapped, taps = tapped_models[name]
     result = graphtap.verify(original, tapped)
-    assert result.ok, [c for c in result.checks if c.status != "match"]
-    assert {c.path for c in result.checks} == {"tf2", "tf1"} or name == "tf1"
-    assert any(c.is_tap for c in result.checks) and any(not c.is_tap for c in result.checks)
+    assert result.ok, result.failures
+    # Every model here, the TF1 one too, loads on both paths, and each path checks every
+    # tap the report names and at least one original output.
+    for path in ("tf2", "tf1"):
+        checks = [c for c in result.checks if c.path == path]
+        assert {(c.signature, c.key) for c in checks if c.is_tap} == taps, path
+        assert any(not c.is_tap for c in checks), path
+    assert {c.path for c in result.checks} == {"tf2", "tf1"}
 
 
 def _break(tapped_dir):
@@ -55,12 +61,14 @@ def _break(tapped_dir):
 
 
 def test_verify_fails_on_a_broken_model(tapped_models, tmp_path):
-    original, tapped = tapped_models["tf1"]
+    original, tapped, _ = tapped_models["tf1"]
     broken = str(tmp_path / "broken")
     subprocess.run(["cp", "-r", tapped, broken], check=True)
     _break(broken)
     result = graphtap.verify(original, broken)
     assert not result.ok
+    assert {(c.key, c.path) for c in result.failures} == {
+        ("probs", "tf1"), ("hidden_Relu", "tf1"), ("probs", "tf2"), ("hidden_Relu", "tf2")}
     status = {(c.key, c.path): c.status for c in result.checks}
     assert status[("probs", "tf1")] == "diff"
     assert status[("hidden_Relu", "tf1")] == "dtype int32 != manifest float32"

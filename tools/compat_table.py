@@ -1,6 +1,7 @@
-"""Prints the README's compatibility table from the tests marked `compat`.
+"""Prints the compatibility table of docs/compatibility.md from the tests marked `compat`.
 
-Runs those tests and lists, per consumer they name, whether its tests passed:
+Runs those tests and lists, per consumer they name, whether its tests passed; the table
+it prints last replaces the one in docs/compatibility.md:
 
     python tools/compat_table.py
 """

@@ -13,10 +13,6 @@ from graphtap.rewrite.opdefs import CALL_OPS, OpRegistry
 from graphtap.rewrite.plumbing import signature_call_node
 
 
-class InternalError(errors.GraphtapError):
-    """The rewrite produced an inconsistent model: a bug in graphtap."""
-
-
 class _Inconsistent(Exception):
     """Raised with (what, where) by a failed check; the callers decide whose fault it is."""
 
@@ -44,7 +40,7 @@ def check_output(meta_graph, objects, signature_keys, index=None, origins=None, 
         _check(meta_graph, objects, signature_keys, _Known(index, origins or {}, unchanged))
     except _Inconsistent as error:
         what, where = error.args
-        raise InternalError(f"graphtap bug, please report: {what}", where) from None
+        raise errors.InternalError(f"graphtap bug, please report: {what}", where) from None
 
 
 class _Known:

@@ -93,15 +93,11 @@ def _message(full_name):
 SavedModel = _message("tensorflow.SavedModel")
 MetaGraphDef = _message("tensorflow.MetaGraphDef")
 GraphDef = _message("tensorflow.GraphDef")
-NodeDef = _message("tensorflow.NodeDef")
 FunctionDef = _message("tensorflow.FunctionDef")
 OpDef = _message("tensorflow.OpDef")
 OpList = _message("tensorflow.OpList")
 AttrValue = _message("tensorflow.AttrValue")
-TensorInfo = _message("tensorflow.TensorInfo")
 TensorShapeProto = _message("tensorflow.TensorShapeProto")
-SignatureDef = _message("tensorflow.SignatureDef")
-SavedObject = _message("tensorflow.SavedObject")
 XSpace = _message("tensorflow.profiler.XSpace")
 
 

@@ -123,7 +123,7 @@ def _verify(f):
                     custom_ops=f.custom_ops)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", shape(c.shape),
              c.status, f"{c.max_abs_diff:g}" if c.status == "diff" else "") for c in result.checks]
-    failed = sum(c.status != "match" for c in result.checks)
+    failed = len(result.failures)
     with printing():
         print_table(("path", "signature", "key", "kind", "shape", "status", "max abs diff"),
                      rows)
@@ -131,5 +131,5 @@ def _verify(f):
             print(f"latency {signature}: original {original * 1e3:.2f} ms, tapped "
                   f"{tapped * 1e3:.2f} ms (median of {f.runs})")
         print(f"{len(result.checks) - failed} of {len(result.checks)} checks match")
-    if failed:
+    if not result.ok:
         sys.exit(1)

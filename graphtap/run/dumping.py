@@ -27,10 +27,6 @@ STATS_FILE = "stats.json"
 SHARD_BYTES = 1 << 30  # a key's values go to numbered shards beyond this many bytes
 
 
-class BadInput(errors.GraphtapError):
-    """Data that the signature cannot take: unknown name, wrong dtype or shape, unreadable."""
-
-
 def activations(model_dir, data, signature=None, batch_size=64, max_examples=None,
                 tag_set="serve", custom_ops=()):
     """Yields {output key: np.ndarray} for each batch of `data` run through a signature.
@@ -84,7 +80,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
             meter.update(len(next(iter(batch.values()))))
         meter.done()
         if not stats:
-            raise BadInput("no examples to run", model_dir)
+            raise errors.BadInput("no examples to run", model_dir)
         for stream in streams.values():
             stream.close()
         result = {key: dict(stats[key].summary(), is_tap=key in runner.taps)
@@ -129,25 +125,26 @@ class Runner:
                 for name, values in batch.items()}
         missing = sorted(set(self.specs) - set(feed))
         if missing:
-            raise BadInput(f"no data for input(s) {', '.join(missing)} of signature "
-                           f"'{self.signature_key}'", self.model_dir)
+            raise errors.BadInput(f"no data for input(s) {', '.join(missing)} of signature "
+                                  f"'{self.signature_key}'", self.model_dir)
         return {key: value.numpy() for key, value in self.function(**feed).items()}
 
     def conform(self, name, values):
         spec = self.specs.get(name)
         if spec is None:
-            raise BadInput(f"signature '{self.signature_key}' has no input '{name}'; its inputs: "
-                           f"{', '.join(sorted(self.specs))}", self.model_dir)
+            raise errors.BadInput(f"signature '{self.signature_key}' has no input '{name}'; "
+                                  f"its inputs: {', '.join(sorted(self.specs))}",
+                                  self.model_dir)
         values = np.asarray(values)
         wanted = spec.dtype.as_numpy_dtype
         if values.dtype != wanted:
             if not np.can_cast(values.dtype, wanted, casting="same_kind"):
-                raise BadInput(f"input '{name}' is {values.dtype}; the signature takes "
-                               f"{spec.dtype.name}", self.model_dir)
+                raise errors.BadInput(f"input '{name}' is {values.dtype}; the signature takes "
+                                      f"{spec.dtype.name}", self.model_dir)
             values = values.astype(wanted)
         if not spec.shape.is_compatible_with(values.shape):
-            raise BadInput(f"input '{name}' has shape {values.shape[1:]} per example; the "
-                           f"signature takes {spec.shape[1:]}", self.model_dir)
+            raise errors.BadInput(f"input '{name}' has shape {values.shape[1:]} per example; the "
+                                  f"signature takes {spec.shape[1:]}", self.model_dir)
         return values
 
 
@@ -167,10 +164,11 @@ class NpyFile:
         try:
             mapped = np.load(path, mmap_mode="r")  # for the header only: no page is read
         except (OSError, ValueError) as error:
-            raise BadInput(f"not a .npy file: {error}", path) from None
+            raise errors.BadInput(f"not a .npy file: {error}", path) from None
         if not isinstance(mapped, np.memmap) or not mapped.shape or (
                 mapped.ndim > 1 and not mapped.flags.c_contiguous):
-            raise BadInput("a .npy of examples must be C-ordered, numeric, with a first axis", path)
+            raise errors.BadInput("a .npy of examples must be C-ordered, numeric, with a first "
+                                  "axis", path)
         self.shape, self.dtype, self._offset = mapped.shape, mapped.dtype, mapped.offset
         del mapped
         self._example_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
@@ -186,7 +184,7 @@ class NpyFile:
             data = np.fromfile(f, dtype=self.dtype,
                                count=count * self._example_bytes // self.dtype.itemsize)
         if data.size * self.dtype.itemsize != count * self._example_bytes:
-            raise BadInput("the .npy file is shorter than its header says", self.path)
+            raise errors.BadInput("the .npy file is shorter than its header says", self.path)
         return data.reshape((count, *self.shape[1:]))
 
 
@@ -208,11 +206,12 @@ class TFRecord:
         for name, feature in self.features.items():
             spec = specs.get(name)
             if spec is None:
-                raise BadInput(f"the signature has no input '{name}'; its inputs: "
-                               f"{', '.join(sorted(specs))}", self.path)
+                raise errors.BadInput(f"the signature has no input '{name}'; its inputs: "
+                                      f"{', '.join(sorted(specs))}", self.path)
             if not spec.shape[1:].is_fully_defined():
-                raise BadInput(f"input '{name}' has shape {spec.shape}: a tf.Example feature "
-                               "needs every dimension but the first known", self.path)
+                raise errors.BadInput(f"input '{name}' has shape {spec.shape}: a tf.Example "
+                                      "feature needs every dimension but the first known",
+                                      self.path)
             stored = tf.float32 if spec.dtype.is_floating else (
                 tf.string if spec.dtype == tf.string else tf.int64)
             parsing[name] = (feature, tf.io.FixedLenFeature(spec.shape[1:], stored), spec.dtype)
@@ -225,8 +224,8 @@ class TFRecord:
         try:
             yield from dataset.as_numpy_iterator()
         except tf.errors.OpError as error:
-            raise BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
-                           self.path) from None
+            raise errors.BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
+                                  self.path) from None
 
 
 def _batches(data, batch_size, max_examples, specs):
@@ -254,8 +253,8 @@ def _batches(data, batch_size, max_examples, specs):
 def _slices(arrays, batch_size):
     counts = {name: len(values) for name, values in arrays.items()}
     if len(set(counts.values())) > 1:
-        raise BadInput("inputs differ in example count: "
-                       + ", ".join(f"{name} has {n}" for name, n in sorted(counts.items())))
+        raise errors.BadInput("inputs differ in example count: "
+                              + ", ".join(f"{name} has {n}" for name, n in sorted(counts.items())))
     total = next(iter(counts.values()), 0)
     for start in range(0, total, batch_size):
         yield {name: np.asarray(values[start:start + batch_size])
@@ -284,9 +283,10 @@ class _ArrayStream:
         if not self.shards and self._file is None:
             self._dtype, self._example_shape = values.dtype, values.shape[1:]
         if values.dtype != self._dtype or values.shape[1:] != self._example_shape:
-            raise BadInput(f"output '{self.key}' changes from {self._dtype}{self._example_shape} "
-                           f"to {values.dtype}{values.shape[1:]} per example between batches; "
-                           "its values cannot be stacked (use --save=stats)")
+            raise errors.BadInput(f"output '{self.key}' changes from "
+                                  f"{self._dtype}{self._example_shape} to "
+                                  f"{values.dtype}{values.shape[1:]} per example between "
+                                  "batches; its values cannot be stacked (use --save=stats)")
         if self._file is None or self._bytes + values.nbytes > SHARD_BYTES and self._rows:
             self._finish_shard()
             self._start_shard()

@@ -96,8 +96,3 @@ class RunningStats:
             result["channel_mean"] = [None if np.isnan(m) else float(m) for m in means]
             result["channel_zero_fraction"] = (self.channel_zeros / rows).tolist() if rows else None
         return result
-
-    def held_bytes(self):
-        """Bytes of array state held (independent of how many batches were added)."""
-        arrays = (self.channel_finite, self.channel_sum, self.channel_zeros)
-        return sum(a.nbytes for a in arrays if a is not None)
