@@ -11,7 +11,7 @@ import pytest
 
 import graphtap
 from graphtap import errors
-from graphtap.rewrite import model_io, protos, wire
+from graphtap.rewrite import model_io, plumbing, protos, wire
 
 
 def _read(model_dir):
@@ -216,3 +216,68 @@ def test_an_unparseable_function_on_the_path_is_a_clean_error(keras_cnn, tmp_pat
 
     assert raised.value.where == broken
     assert not (tmp_path / "out").exists()
+
+
+def _meddle(kind):
+    """A TapRewrite.apply that also changes one part of the model it does not record as
+    edited: a function it never parsed, one it parsed but did not edit, or an outer-graph
+    node; the part is returned through `meddled`."""
+    original = plumbing.TapRewrite.apply
+    meddled = []
+
+    def apply(self, taps):
+        result = original(self, taps)
+        edited = result.edits
+        if kind == "node":
+            position = next(i for i in range(len(self.graph_def.node))
+                            if i not in edited.nodes)
+            message = self.graph_def.node[position]
+        else:
+            name = next(f.signature.name for f in self.graph_def.library.function
+                        if "_traced_restore" in f.signature.name)
+            assert name not in edited.functions
+            # Through the library the function is parsed first; directly, it stays a stub.
+            message = (self.functions[name] if kind == "parsed function" else
+                       next(f for f in self.graph_def.library.function
+                            if f.signature.name == name))
+        message.attr["graphtap_test_unrecorded"].s = b"x"
+        meddled.append(message.name if kind == "node" else message.signature.name)
+        return result
+
+    return apply, meddled
+
+
+@pytest.mark.parametrize("kind", ["stub", "parsed function", "node"])
+def test_an_edit_the_rewrite_did_not_record_is_written_not_the_stale_bytes(
+        keras_cnn, tmp_path, monkeypatch, caplog, kind):
+    """The splice copies the input's bytes for what the rewrite says it left alone; a part
+    changed without being recorded (a bug) is caught by its size whatever the tests' env
+    says, and the model is then serialized whole, changes included."""
+    source, _ = keras_cnn
+    monkeypatch.delenv(model_io.VERIFY_SPLICE_ENV, raising=False)
+    apply, meddled = _meddle(kind)
+    monkeypatch.setattr(plumbing.TapRewrite, "apply", apply)
+
+    graphtap.tap(source, str(tmp_path / "out"), ops=["Relu"])
+
+    written = _read(tmp_path / "out")
+    assert written == _canonical(written)
+    graph = protos.SavedModel.FromString(written).meta_graphs[0].graph_def
+    parts = graph.node if kind == "node" else graph.library.function
+    (part,) = [p for p in parts
+               if (p.name if kind == "node" else p.signature.name) == meddled[0]]
+    assert part.attr["graphtap_test_unrecorded"].s == b"x"
+    assert "did not record" in caplog.text
+
+
+def test_a_faithful_splice_passes_the_check(keras_cnn, tmp_path, monkeypatch):
+    """Nothing the rewrite records is reported (so the splice runs), on every kind of tap."""
+    source, _ = keras_cnn
+    found = []
+    unrecorded = wire.unrecorded_edits
+    monkeypatch.setattr(wire, "unrecorded_edits",
+                        lambda *args: found.extend(unrecorded(*args)) or [])
+
+    graphtap.tap(source, str(tmp_path / "out"), ops=["Relu"])
+
+    assert found == []

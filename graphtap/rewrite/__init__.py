@@ -17,6 +17,7 @@ imports), so `graphtap tap` and `graphtap list` never start TensorFlow.
     layers        Keras layers found from name scopes
     traces        profiler traces mapped onto the signature's nodes
     keys          output key policy
+    op_kinds      the ops that run functions, one class each (call, While, If, Case)
     plumbing      the pass: Identity taps, plumbed out through every call, clone-on-write
     control_flow  taps inside While loops and If/Case branches
     nodes         the nodes the pass adds

@@ -8,7 +8,7 @@ tensor that the output `predictions` already is).
 """
 
 from graphtap.rewrite.index import Call, node_of
-from graphtap.rewrite.opdefs import CALL_OPS
+from graphtap.rewrite.op_kinds import CALL_OPS
 
 _PASS_THROUGH = frozenset({"Identity", "StopGradient", "Snapshot"})
 

@@ -9,7 +9,8 @@ import collections
 
 from graphtap import errors
 from graphtap.rewrite.index import node_of
-from graphtap.rewrite.opdefs import CALL_OPS, OpRegistry
+from graphtap.rewrite.op_kinds import called_function, kind_of
+from graphtap.rewrite.opdefs import OpRegistry
 from graphtap.rewrite.plumbing import signature_call_node
 
 
@@ -130,15 +131,17 @@ class _CallChecker:
     def _check_call(self, node):
         """Checks one call node (and, the first time, its callee); returns the callee's
         call nodes to check next."""
-        callee_name = node.attr["f"].func.name if node.op in CALL_OPS else node.op
+        kind = kind_of(node)
+        callee_name = kind.called(node) if kind is not None else None
         callee = self.functions.get(callee_name)
         if callee is None:
             return ()
         if callee_name not in self._output_types:
             self._output_types[callee_name] = [arg.type for arg in callee.signature.output_arg]
         output_types = self._output_types[callee_name]
-        if node.op in CALL_OPS and list(node.attr["Tout"].list.type) != output_types:
-            _fail(f"Tout of call node '{node.name}' disagrees with '{callee_name}'", callee_name)
+        if kind.outputs_attr and list(node.attr[kind.outputs_attr].list.type) != output_types:
+            _fail(f"{kind.outputs_attr} of call node '{node.name}' disagrees with "
+                  f"'{callee_name}'", callee_name)
         if "_output_shapes" in node.attr and len(node.attr["_output_shapes"].list.shape) != len(
             output_types
         ):
@@ -170,7 +173,7 @@ class _CallChecker:
             start = len(body.names)
         for inner in nodes[start:]:
             names.add(inner.name)
-            if inner.op in CALL_OPS or inner.op in self.functions:
+            if called_function(inner, self.functions) is not None:
                 calls.append(inner)
         return names, calls
 

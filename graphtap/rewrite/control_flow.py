@@ -28,6 +28,7 @@ from graphtap.rewrite.index import argument_names, unknown_shape
 from graphtap.rewrite.keys import fresh_names, unique_name
 from graphtap.rewrite.nodes import (
     INT32,
+    NewOutput,
     add_const,
     add_node,
     empty_tensor,
@@ -37,11 +38,8 @@ from graphtap.rewrite.nodes import (
     scalar_zero,
     shape_tensor,
 )
-from graphtap.rewrite.opdefs import CALL_OPS
+from graphtap.rewrite.op_kinds import kind_of
 
-WHILE_OPS = frozenset({"While", "StatelessWhile"})
-BRANCH_ATTRS = {"If": ("then_branch", "else_branch"), "StatelessIf": ("then_branch", "else_branch"),
-                "Case": ("branches",), "StatelessCase": ("branches",)}
 _VARIANT = protos.dtype_enum("DT_VARIANT")
 
 
@@ -52,29 +50,10 @@ def edge_kinds(index, candidate):
     for call in candidate.calls:
         body = index.body(call.caller)
         node = body.nodes[body.position[call.node]]
-        kind = _edge_kind(node, call.callee)
+        kind = kind_of(node).edge(node, call.callee)
         # Control flow in the outer graph (a frozen GraphDef's) is not rewritten.
         kinds.append("other" if kind != "call" and call.caller is None else kind)
     return kinds
-
-
-def _edge_kind(node, callee):
-    if node.op in CALL_OPS and node.attr["f"].func.name == callee or node.op == callee:
-        return "call"
-    if node.op in WHILE_OPS and node.attr["body"].func.name == callee:
-        return "body"
-    if callee in branch_functions(node):
-        return "branch"
-    return "other"
-
-
-def branch_functions(node):
-    """The branch functions of an If/Case node, in order (none for other nodes)."""
-    names = []
-    for attr in BRANCH_ATTRS.get(node.op, ()):
-        value = node.attr[attr]
-        names += [value.func.name] if value.HasField("func") else [f.name for f in value.list.func]
-    return names
 
 
 def allow_control_flow_taps(index, candidates, mode):
@@ -117,7 +96,7 @@ def stacked_shape(shape):
 
 
 def add_body_outputs(body, outputs, mode, names):
-    """Adds to a loop body, for each new output (source, dtype, shape, ref), a loop
+    """Adds to a loop body, for each nodes.NewOutput, a loop
     variable: an input argument, and an output argument returning the accumulated list
     (stack) or the value (last). `names`: the body's node names (grows)."""
     arg_names = argument_names(body)
@@ -161,10 +140,10 @@ def _declare_input_shape(function, dtype):
 
 def wire_loop(nodes, function, node, new_outputs, base, mode, names):
     """In the loop's caller: gives While `node` one loop variable per new body output
-    (dtype, shape), starting at output `base`. Returns, per new output, (output index,
-    dtype, shape, ref) of the tensor to expose: the stack or the last value."""
+    (a nodes.NewOutput), starting at output `base`. Returns a NewOutput of the caller per
+    new output, naming the tensor to expose: the stack or the last value."""
     exposed = []
-    for i, (_, dtype, shape) in enumerate(new_outputs):
+    for i, (_, dtype, shape, _) in enumerate(new_outputs):
         position = base + i
         prefix = fresh_name(f"graphtap/{node.name}/loop_{position}", names)
         if mode == "stack":
@@ -193,21 +172,22 @@ def wire_loop(nodes, function, node, new_outputs, base, mode, names):
                              [loop_out, element_shape])
             stack.attr["element_dtype"].type = dtype
             stack.attr["num_elements"].i = -1
-            exposed.append((position, dtype, stacked_shape(shape),
-                            output_ref(function, stack.name, "tensor")))
+            exposed.append(NewOutput(("call", node.name, position), dtype, stacked_shape(shape),
+                                     output_ref(function, stack.name, "tensor")))
         else:
             # Declared unknown, as in the While: before the first iteration it is a scalar.
-            exposed.append((position, dtype, unknown_shape(), loop_out))
+            exposed.append(NewOutput(("call", node.name, position), dtype, unknown_shape(),
+                                     loop_out))
     return exposed
 
 
 def wire_branch(graph_def, bodies, node, taken, renamed, new_outputs, base):
     """Gives If/Case `node` the outputs that its branch `taken` gained (computed by
     `renamed`, the function the rewrite edited): every other branch is copied, returning
-    an empty tensor ([0] elements) of each new output's dtype. Returns (output index,
-    dtype, shape, ref) per new output, for the node's caller."""
-    dtypes = [dtype for _, dtype, _ in new_outputs]
-    for attr in BRANCH_ATTRS[node.op]:
+    an empty tensor ([0] elements) of each new output's dtype. Returns a nodes.NewOutput
+    of the node's caller per new output."""
+    dtypes = [output.dtype for output in new_outputs]
+    for attr in kind_of(node).function_attrs:
         value = node.attr[attr]
         funcs = [value.func] if value.HasField("func") else list(value.list.func)
         for func in funcs:
@@ -219,7 +199,8 @@ def wire_branch(graph_def, bodies, node, taken, renamed, new_outputs, base):
     for shapes_attr in ("output_shapes", "_output_shapes"):
         if shapes_attr in node.attr:
             node.attr[shapes_attr].list.shape.extend(unknown_shape() for _ in dtypes)
-    return [(base + i, dtype, unknown_shape(), f"{node.name}:output:{base + i}")
+    return [NewOutput(("call", node.name, base + i), dtype, unknown_shape(),
+                      f"{node.name}:output:{base + i}")
             for i, dtype in enumerate(dtypes)]
 
 

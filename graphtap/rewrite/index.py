@@ -14,7 +14,8 @@ import re
 
 from graphtap import errors
 from graphtap.rewrite import protos, wire
-from graphtap.rewrite.opdefs import CALL_OPS, OpRegistry, UndefinedOp
+from graphtap.rewrite.op_kinds import called_function, kind_of_op
+from graphtap.rewrite.opdefs import OpRegistry, UndefinedOp
 
 TAP_PREFIX = "graphtap/"  # names of the Identity nodes graphtap adds
 
@@ -89,11 +90,7 @@ def argument_names(function):
 
 def call_target(node, functions):
     """The function a call node runs (None if `node` is not a call)."""
-    if node.op in CALL_OPS:
-        return node.attr["f"].func.name
-    if node.op in functions:
-        return node.op
-    return None
+    return called_function(node, functions)
 
 
 def function_attrs(node):
@@ -149,8 +146,9 @@ class _Body:
         functions = self._functions
         found = {}
         for i, (node, op) in enumerate(zip(self.nodes, self.ops)):
-            refs = [(attr, name, attr == "f" and op in CALL_OPS)
-                    for attr, name in function_attrs(node)]
+            kind = kind_of_op(op)
+            call_attrs = kind.call_attrs if kind is not None else ()
+            refs = [(attr, name, attr in call_attrs) for attr, name in function_attrs(node)]
             if op in functions:
                 refs.append((None, op, True))
             if refs:
@@ -364,8 +362,10 @@ class GraphIndex:
                 reason = blocked
                 if not is_call:
                     where = f"function '{function}'" if function else "the graph"
+                    kind = kind_of_op(body.ops[i])
+                    in_loop = kind is not None and attr_name == kind.loop_body_attr
                     loop_hint = ", pass --loop=stack|last for its value at every (or the last) " \
-                        "iteration" if attr_name == "body" and "While" in body.ops[i] else ""
+                        "iteration" if in_loop else ""
                     reason = blocked or (
                         f"inside '{callee}', the '{attr_name}' of {body.ops[i]} node '{name}' in "
                         f"{where}; tap the outputs of '{name}' instead{loop_hint}, or leave it "

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import os
 
+from absl import logging
 from google.protobuf import message, text_format
 
 from graphtap import errors
@@ -147,10 +148,18 @@ def write_saved_model(saved_model, input_dir, output_dir, extra_files, overwrite
 def _chunks(proto, splice, layout, edits):
     """The bytes of `proto` (a SavedModel or GraphDef), in chunks: spliced from the
     input's bytes by `splice` (wire.splice_saved_model or wire.splice_graph_def) given
-    their wire.Layout and the wire.Edits, or serialized whole where that cannot be done."""
+    their wire.Layout and the wire.Edits, or serialized whole where that cannot be done,
+    or where a part the splice would copy from the input has changed since it was read
+    (wire.unrecorded_edits)."""
     chunks = None
     if layout is not None and edits is not None:
-        chunks = splice(layout, proto, edits)
+        changed = wire.unrecorded_edits(layout, proto, edits)
+        if changed:
+            logging.warning("writing the whole model: %s changed since it was read but the "
+                            "rewrite did not record it (a graphtap bug, or an input not "
+                            "encoded canonically)", ", ".join(changed[:5]))
+        else:
+            chunks = splice(layout, proto, edits)
     if chunks is None:
         if layout is not None:
             wire.fill_stubs(layout, proto)

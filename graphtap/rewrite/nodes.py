@@ -1,11 +1,25 @@
 """Adding nodes to a body (a FunctionDef's, or the outer graph's): unique names, tensor
 references in the body's own notation, and small constant tensors."""
 
+import typing
+
 from graphtap.rewrite import protos
 from graphtap.rewrite.index import tensor_ref
 from graphtap.rewrite.keys import unique_name
 
 INT32 = protos.dtype_enum("DT_INT32")
+
+
+class NewOutput(typing.NamedTuple):
+    """One output a body gains to bring a tap out: `source` says what it carries,
+    ("local", node, output) for a tap of the body's own node or ("call", node, output) for
+    an output of a node that calls a function; `ref` is how the body names the tensor
+    (None until known: a call by name names it after the callee's output arg)."""
+
+    source: tuple
+    dtype: int
+    shape: object  # TensorShapeProto, or None when unknown
+    ref: str = None
 
 
 def fresh_name(name, names):

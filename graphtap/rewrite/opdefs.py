@@ -26,8 +26,6 @@ from absl import logging
 from graphtap import errors
 from graphtap.rewrite import protos
 
-CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
-
 # The most outputs a node may have. An attr (`num` of an Unpack, `num_split` of a Split)
 # says how many: a number a model can make as large as it likes, where every output costs
 # graphtap (and TensorFlow, which builds an edge per output) memory and time. No real op

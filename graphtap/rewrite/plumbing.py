@@ -17,6 +17,8 @@ in sorted-key order; SignatureDef tensor names are updated to match.
 
 import collections
 import dataclasses
+import types
+import typing
 
 from graphtap import errors
 from graphtap.rewrite import control_flow, protos, wire
@@ -28,20 +30,22 @@ from graphtap.rewrite.index import (
     unknown_shape,
 )
 from graphtap.rewrite.keys import fresh_names, sanitize, unique_name
-from graphtap.rewrite.opdefs import CALL_OPS
+from graphtap.rewrite.nodes import NewOutput
+from graphtap.rewrite.op_kinds import CALL_OPS, kind_of
 
 _LIST_SHAPE_FIELD = (protos.AttrValue.DESCRIPTOR.nested_types_by_name["ListValue"]
                      .fields_by_name["shape"].number)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Tap:
-    """One tensor exposed under one key of one signature (signature None: a GraphDef)."""
+    """One tensor exposed under one key of one signature (signature None: a GraphDef).
+    The rewrite's result holds a copy of each with the last three fields filled in."""
 
     signature: str
     key: str
     candidate: object  # index.Candidate
-    tensor: str = None  # graph tensor the signature output names, set by the rewrite
+    tensor: str = None  # graph tensor the signature output names
     identity: str = None  # the Identity node added
     function: str = None  # function holding the Identity after the rewrite (None: graph)
 
@@ -146,9 +150,39 @@ def add_signature(graph_def, signature_defs, objects, source, new):
     objects.add_signature(new, like=source)
 
 
+@dataclasses.dataclass(frozen=True)
+class RewriteResult:
+    """What TapRewrite.apply did to the graph."""
+
+    taps: tuple  # Tap, each with where it ended up
+    edited_in_place: frozenset  # functions of the input whose own body changed
+    origins: typing.Mapping  # {clone: the function of the input it copies}
+    edited_nodes: frozenset  # positions of the input's outer-graph nodes that changed
+
+    @property
+    def edits(self):
+        """The wire.Edits of the input's records that changed: the functions edited in
+        place, those taken to become a clone (index.FunctionLibrary.take), and the nodes."""
+        return wire.Edits(functions=frozenset(self.edited_in_place | self.origins.keys()),
+                          nodes=self.edited_nodes)
+
+
+class _CallSite(typing.NamedTuple):
+    """A node on a tapped path that runs `callee`, in the body of `function` (None: the
+    outer graph), whose nodes are `nodes` and node names `names` (which grows)."""
+
+    function: str
+    nodes: object  # the repeated NodeDef field of the body
+    node: object  # NodeDef
+    callee: str  # as in the input
+    callee_name: str  # what the rewrite edited: the callee or its clone
+    names: set
+
+
 class TapRewrite:
-    """Applies taps to one graph in place. `signature_defs` and `objects` are None for a
-    GraphDef; `objects` is None for TF1 SavedModels."""
+    """Applies taps to one graph in place, and says what it did (RewriteResult).
+    `signature_defs` and `objects` are None for a GraphDef; `objects` is None for TF1
+    SavedModels."""
 
     def __init__(self, index, signature_defs=None, objects=None, loop=None):
         self.index = index
@@ -158,15 +192,16 @@ class TapRewrite:
         self.functions = index.functions
         self._bodies = collections.ChainMap({}, self.functions)  # and the clones, once made
         self._output_counts = {}  # of the functions on the paths, before `apply` adds any
-        self.edited_in_place = set()  # functions whose own body `apply` changed
-        self.edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
-        self.origins = {}  # {clone: the function it copies}
+        self._edited_nodes = set()  # positions of the outer-graph nodes `apply` changed
+        self._new_outputs = {}  # {function: [NewOutput]} of the bodies edited so far
+        self._clones = {}
         self.loop = loop  # options.LOOP_MODES: how taps inside While bodies come out
         self._shape_records = {}
         self._loop_bodies = set()
 
     def apply(self, taps):
-        """Rewrites the graph so that every tap is an output; fills in each Tap's names."""
+        """Rewrites the graph so that every tap is an output; returns a RewriteResult,
+        whose taps are copies of `taps` with their names filled in."""
         calls_on_path = {}
         for tap in taps:
             for call in tap.candidate.calls:
@@ -184,58 +219,65 @@ class TapRewrite:
             self._calls_by_caller[caller].append((node_name, callee))
         self._loop_bodies = {
             callee for (caller, node_name), callee in calls_on_path.items()
-            if self._node(caller, node_name).op in control_flow.WHILE_OPS
-            and self._node(caller, node_name).attr["body"].func.name == callee
+            if kind_of(self._node(caller, node_name)).edge(self._node(caller, node_name),
+                                                          callee) == "body"
         }
         self._output_counts = {function: len(self.functions[function].signature.output_arg)
                                for function in set(calls_on_path.values())}
         clones = self._plan_clones(calls_on_path, taps)
         order = _callees_first(calls_on_path)
         self._clones = clones
-        self.edited_in_place = {function for function in order if function not in clones}
-        self.origins = {clone: function for function, clone in clones.items()}
         out_index = {}
-        new_outputs = {}
         identities = {}
         for function in order + [None]:
             body = self._body(function, clones)
             outputs, identities[function] = self._edit_body(
-                function, body, local[function], calls_on_path, clones, new_outputs
+                function, body, local[function], calls_on_path, clones
             )
-            new_outputs[function] = outputs
+            self._new_outputs[function] = outputs
             base = self._output_counts[function] if function else 0
-            out_index[function] = {source: base + i for i, (source, *_) in enumerate(outputs)}
+            out_index[function] = {output.source: base + i for i, output in enumerate(outputs)}
 
         outer_names = {n.name for n in self.graph_def.node} if self.signature_defs is None else None
+        placed = []
         for tap in taps:
             c = tap.candidate
-            tap.identity = identities[c.function][(c.node, c.output)]
-            tap.function = clones.get(c.function, c.function)
+            identity = identities[c.function][(c.node, c.output)]
+            tap = dataclasses.replace(tap, identity=identity,
+                                      function=clones.get(c.function, c.function))
             if not c.calls:
-                tap.tensor = f"{tap.identity}:0"
+                placed.append(dataclasses.replace(tap, tensor=f"{identity}:0"))
                 continue
             index = out_index[c.function][("local", c.node, c.output)]
             for call in reversed(c.calls[1:]):
                 index = out_index[call.caller][("call", call.node, index)]
-            tap.tensor = f"{c.calls[0].node}:{index}"
+            tensor = f"{c.calls[0].node}:{index}"
             if self.signature_defs is None:  # a GraphDef: give the tap a node of its own
-                tap.tensor = self._outer_identity(tap, outer_names)
+                tensor = self._outer_identity(tap, tensor, outer_names)
+            placed.append(dataclasses.replace(tap, tensor=tensor))
         if self.signature_defs is not None:
-            self._update_signatures(taps, clones)
+            placed = self._update_signatures(placed, clones)
+        return RewriteResult(
+            taps=tuple(placed),
+            edited_in_place=frozenset(f for f in order if f not in clones),
+            origins=types.MappingProxyType({clone: f for f, clone in clones.items()}),
+            edited_nodes=frozenset(self._edited_nodes),
+        )
 
     def _node(self, function, node_name):
         """A node of the input, by body and name."""
         body = self.index.body(function)
         return body.nodes[body.position[node_name]]
 
-    def _outer_identity(self, tap, outer_names):
-        """An outer-graph Identity of a tap that a call node brings out of a function, so
-        that a converter's output_arrays can name it. Adds its name to `outer_names`."""
+    def _outer_identity(self, tap, tensor, outer_names):
+        """An outer-graph Identity of a tap's `tensor`, which a call node brings out of a
+        function, so that a converter's output_arrays can name it. Adds its name to
+        `outer_names`."""
         identity = self.graph_def.node.add()
         identity.name = unique_name(TAP_PREFIX + tap.key, outer_names)
         outer_names.add(identity.name)
         identity.op = "Identity"
-        identity.input.append(tap.tensor)
+        identity.input.append(tensor)
         outer = self.index.body(None)
         identity.device = outer.nodes[outer.position[tap.candidate.calls[0].node]].device
         identity.attr["T"].type = tap.candidate.dtype
@@ -290,9 +332,9 @@ class TapRewrite:
                     references[name].extend(("object", node_id, None) for node_id in node_ids)
         return references
 
-    def _edit_body(self, function, body, targets, calls_on_path, clones, new_outputs):
+    def _edit_body(self, function, body, targets, calls_on_path, clones):
         """Adds the Identities and re-exports for one body; returns its new outputs
-        [(source, dtype, shape)] and {(node, output): Identity name}."""
+        [NewOutput] and {(node, output): Identity name}."""
         nodes = body.node_def if body is not None else self.graph_def.node
         indexed = self.index.body(function)  # a clone's nodes are in its original's order
         names = set(indexed.names)
@@ -312,55 +354,60 @@ class TapRewrite:
                 identity.attr["_output_shapes"].list.shape.add().CopyFrom(candidate.shape)
             identities[(node_name, output)] = identity.name
             if function is not None:
-                outputs.append((("local", node_name, output), candidate.dtype, candidate.shape,
-                                f"{identity.name}:output:0"))
+                outputs.append(NewOutput(("local", node_name, output), candidate.dtype,
+                                         candidate.shape, f"{identity.name}:output:0"))
         calls_here = sorted(
             (indexed.position[node_name], callee)
             for node_name, callee in self._calls_by_caller[function]
         )
-        unknown = unknown_shape()
         for position, callee in calls_here:
-            node, node_name = nodes[position], indexed.names[position]
+            node = nodes[position]
             if function is None:
-                self.edited_nodes.add(position)
-            callee_name = clones.get(callee, callee)
-            if node.op in control_flow.WHILE_OPS:
-                outputs += self._wire_loop(function, nodes, node, callee, new_outputs, names)
-                continue
-            if node.op in control_flow.BRANCH_ATTRS:
-                exposed = control_flow.wire_branch(self.graph_def, self._bodies, node, callee,
-                                            callee_name, new_outputs[callee],
-                                            self._output_counts[callee])
-                outputs += [(("call", node_name, position), dtype, shape, ref)
-                            for position, dtype, shape, ref in exposed]
-                continue
-            is_call_op = node.op in CALL_OPS
-            if is_call_op:
-                node.attr["f"].func.name = callee_name
-                node.attr["Tout"].list.type.extend(dtype for _, dtype, _ in new_outputs[callee])
-            else:
-                node.op = callee_name
-            if "_output_shapes" in node.attr:
-                shapes = node.attr["_output_shapes"].list
-                shapes.MergeFromString(b"".join(
-                    self._shape_record(shape or unknown) for _, _, shape in new_outputs[callee]))
-            for i, (_, dtype, shape) in enumerate(new_outputs[callee], self._output_counts[callee]):
-                ref = f"{node_name}:output:{i}" if is_call_op else None
-                outputs.append((("call", node_name, i), dtype, shape, ref))
+                self._edited_nodes.add(position)
+            site = _CallSite(function, nodes, node, callee, clones.get(callee, callee), names)
+            outputs += kind_of(node).rewire(self, site)
         if function is not None:
             outputs = self._with_refs(outputs, clones, calls_on_path, function)
             if function in self._loop_bodies:
                 control_flow.add_body_outputs(body, outputs, self.loop, names)
             else:
                 self._add_function_outputs(body, outputs)
-        return [(source, dtype, shape) for source, dtype, shape, _ in outputs], identities
+        return outputs, identities
 
-    def _wire_loop(self, function, nodes, node, body, new_outputs, names):
+    def rewire_call(self, site):
+        """A call node (by a call op, or by name) calls the callee's copy, if it was copied,
+        and has its new outputs (op_kinds.CallerKind.rewire)."""
+        node, callee = site.node, site.callee
+        new_outputs = self._new_outputs[callee]
+        is_call_op = node.op in CALL_OPS
+        if is_call_op:
+            node.attr["f"].func.name = site.callee_name
+            node.attr["Tout"].list.type.extend(output.dtype for output in new_outputs)
+        else:
+            node.op = site.callee_name
+        if "_output_shapes" in node.attr:
+            unknown = unknown_shape()
+            node.attr["_output_shapes"].list.MergeFromString(b"".join(
+                self._shape_record(output.shape or unknown) for output in new_outputs))
+        return [NewOutput(("call", node.name, i), output.dtype, output.shape,
+                          f"{node.name}:output:{i}" if is_call_op else None)
+                for i, output in enumerate(new_outputs, self._output_counts[callee])]
+
+    def rewire_branch(self, site):
+        """An If/Case node runs the taken branch's copy and a copy of each other branch
+        that returns empty tensors in place of the new outputs (control_flow.wire_branch)."""
+        return control_flow.wire_branch(self.graph_def, self._bodies, site.node, site.callee,
+                                        site.callee_name, self._new_outputs[site.callee],
+                                        self._output_counts[site.callee])
+
+    def rewire_loop(self, site):
         """Gives While `node` the loop variables that bring its body's new outputs out,
         pointing it at the (copied) body and at a copy of its condition that takes them."""
-        node.attr["body"].func.name = self._renamed(body)
-        exposed = control_flow.wire_loop(nodes, function, node, new_outputs[body],
-                                  self._output_counts[body], self.loop, names)
+        node, body = site.node, site.callee
+        node.attr["body"].func.name = site.callee_name
+        exposed = control_flow.wire_loop(site.nodes, site.function, node,
+                                         self._new_outputs[body], self._output_counts[body],
+                                         self.loop, site.names)
         cond = self.graph_def.library.function.add()
         cond.CopyFrom(self._bodies[node.attr["cond"].func.name])
         cond.signature.name = unique_name(f"{node.attr['cond'].func.name}_graphtap", self._bodies)
@@ -368,23 +415,20 @@ class TapRewrite:
         carried = list(node.attr["T"].list.type)[len(cond.signature.input_arg):]
         control_flow.add_cond_inputs(cond, carried)
         node.attr["cond"].func.name = cond.signature.name
-        return [(("call", node.name, position), dtype, shape, ref)
-                for position, dtype, shape, ref in exposed]
-
-    def _renamed(self, function):
-        return self._clones.get(function, function)
+        return exposed
 
     def _with_refs(self, outputs, clones, calls_on_path, function):
         """`outputs` with every ref filled in: a call by op name names its outputs after
         the callee's output args."""
         filled = []
-        for source, dtype, shape, ref in outputs:
-            if ref is None:
-                _, node_name, index = source
+        for output in outputs:
+            if output.ref is None:
+                _, node_name, index = output.source
                 callee = calls_on_path[(function, node_name)]
                 callee_def = self._bodies[clones.get(callee, callee)]
-                ref = f"{node_name}:{callee_def.signature.output_arg[index].name}:0"
-            filled.append((source, dtype, shape, ref))
+                output = output._replace(
+                    ref=f"{node_name}:{callee_def.signature.output_arg[index].name}:0")
+            filled.append(output)
         return filled
 
     def _shape_record(self, shape):
@@ -405,6 +449,8 @@ class TapRewrite:
             rets[name] = ref
 
     def _update_signatures(self, taps, clones):
+        """Names the taps in their signatures; returns the taps with the tensors that
+        the signatures name in the end (sorting a TF2 signature's outputs moves them)."""
         by_signature = collections.defaultdict(list)
         for tap in taps:
             by_signature[tap.signature].append(tap)
@@ -422,8 +468,8 @@ class TapRewrite:
                 self.objects.point_at(key, clones[wrapper])
             self.objects.add_outputs(key, signature_taps)
             self._sort_outputs(key)
-            for tap in signature_taps:
-                tap.tensor = signature.outputs[tap.key].name
+        return [dataclasses.replace(tap, tensor=self.signature_defs[tap.signature]
+                                    .outputs[tap.key].name) for tap in taps]
 
     def _sort_outputs(self, key):
         """Puts the signature function's outputs in sorted-key order (see module doc)."""
@@ -448,13 +494,13 @@ class TapRewrite:
         for position in self.index.outer_nodes_mentioning(call_name):
             node = nodes[position]
             if node.name == call_name:
-                self.edited_nodes.add(position)
+                self._edited_nodes.add(position)
                 _permute(node.attr["Tout"].list, "type", order)
                 if "_output_shapes" in node.attr:
                     _permute(node.attr["_output_shapes"].list, "shape", order)
             for i, ref in enumerate(node.input):
                 if node_of(ref) == call_name and not ref.startswith("^"):
-                    self.edited_nodes.add(position)
+                    self._edited_nodes.add(position)
                     old = int(ref.split(":")[1]) if ":" in ref else 0
                     node.input[i] = f"{call_name}:{new_position[old]}"
         for signature in self.signature_defs.values():

@@ -145,15 +145,14 @@ def _tap(input_path, output_path, options):
         what = "already tapped" + (" or an output of the signature" if already_outputs else "")
         raise errors.NothingToTap(f"every selected tensor is {what}", model.path)
     warnings = fusion_warnings(index, [t for t in taps if t.signature not in same_function])
-    rewrite = TapRewrite(index, meta_graph.signature_def, objects, loop)
-    rewrite.apply(taps)
-    check.check_output(meta_graph, objects, keys, index, rewrite.origins,
-                       set(index.functions) - rewrite.edited_in_place)
+    rewritten = TapRewrite(index, meta_graph.signature_def, objects, loop).apply(taps)
+    check.check_output(meta_graph, objects, keys, index, rewritten.origins,
+                       set(index.functions) - rewritten.edited_in_place)
     records = [_record(t, sources[t.signature], same_function.get(sources[t.signature]))
-               for t in taps]
+               for t in rewritten.taps]
     model_io.write_saved_model(model.proto, model.path, output_path,
                          {MANIFEST: _manifest(model.path, records)}, overwrite,
-                         layout, _edits(rewrite), options.link_variables)
+                         layout, rewritten.edits, options.link_variables)
     asked = tuple(r for r in records if r.same_function_as is None)
     return Report(input_path, output_path, asked, tuple(sorted(set(already))),
                   tuple(warnings), tuple(already_outputs), same_function,
@@ -320,19 +319,11 @@ def _tap_graph_def(model, output_path, selectors, overwrite):
         raise errors.NothingToTap("every selected tensor is already tapped", model.path)
     taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
     warnings = fusion_warnings(index, taps)
-    rewrite = TapRewrite(index)
-    rewrite.apply(taps)
+    rewritten = TapRewrite(index).apply(taps)
     model_io.write_graph_def(model.proto, model.path, output_path, overwrite, layout,
-                       _edits(rewrite))
-    records = tuple(_record(t, None) for t in taps)
+                       rewritten.edits)
+    records = tuple(_record(t, None) for t in rewritten.taps)
     return Report(model.path, output_path, records, tuple(sorted(set(already))), tuple(warnings))
-
-
-def _edits(rewrite):
-    """The wire.Edits of what a TapRewrite changed in the input's functions (those edited
-    in place, and those taken to be a clone) and nodes."""
-    return wire.Edits(functions=frozenset(rewrite.edited_in_place | rewrite.origins.keys()),
-                      nodes=frozenset(rewrite.edited_nodes))
 
 
 def _meta_graph(model, tag_set):

@@ -131,8 +131,7 @@ def _stubbed(data, found):
         if name is None or name in stubs:
             return None
         stubs[name] = (r[3], r[4])
-        library.add(length_delimited(_LIBRARY_FUNCTION, length_delimited(
-            _FUNCTION_SIGNATURE, length_delimited(_OP_DEF_NAME, name.encode()))))
+        library.add(length_delimited(_LIBRARY_FUNCTION, _stub(name)))
     graph = _replacing(data, *found.graph[3:], found.library, library)
     meta_graph = _replacing(data, *found.meta_graph[3:], found.graph, graph)
     saved_model = _replacing(data, 0, len(data), found.meta_graph, meta_graph)
@@ -185,6 +184,56 @@ def fill_stubs(layout, model):
                  if layout.meta_graph is not None else model)
     for function in graph_def.library.function:
         fill_stub(layout, function)
+
+
+# Nodes whose record is larger are not checked by unrecorded_edits: measuring a message
+# costs as much as serializing it, and such nodes are weights (a frozen GraphDef's Consts),
+# which the pass never edits (it only appends nodes).
+_LARGEST_NODE_CHECKED = 1 << 16
+
+
+def unrecorded_edits(layout, model, edits):
+    """Names of the functions and positions of the outer-graph nodes of the input that a
+    splice with `edits` would copy as they were read although their message in `model`
+    (the SavedModel or GraphDef of `layout`) no longer has the size of those bytes: an
+    edit the rewrite did not record, whose old bytes the splice would write. Empty when
+    every copy is faithful, as far as sizes tell: an edit that keeps a message's size
+    (reordering, or renaming to a name as long) is not seen.
+
+    Cheap: a stub is a few bytes; a parsed function or a node costs what serializing it
+    would, and only those the rewrite did not edit are measured (nodes larger than
+    _LARGEST_NODE_CHECKED are skipped). An input encoded other than canonically (fields
+    out of order or repeated) also differs in size, and is reported the same way."""
+    graph_def = (model.meta_graphs[layout.meta_graph_position].graph_def
+                 if layout.meta_graph is not None else model)
+    found = []
+    functions = graph_def.library.function
+    spans = layout.function_spans()
+    for position, function in enumerate(functions):
+        name = function.signature.name
+        if position < len(spans) and name in edits.functions:
+            continue
+        if name in layout.stubs:  # copied as it was read, if still the stub it was made
+            expected = len(_stub(name))
+        elif position < len(spans):
+            expected = spans[position][1] - spans[position][0]
+        else:
+            continue  # appended, so serialized
+        if function.ByteSize() != expected:
+            found.append(f"function '{name}'")
+    node_records = [r for r in layout.graph_records if r[0] == _GRAPH_NODE]
+    for position, (node, r) in enumerate(zip(graph_def.node, node_records)):
+        size = r[4] - r[3]
+        if position not in edits.nodes and size <= _LARGEST_NODE_CHECKED and \
+                node.ByteSize() != size:
+            found.append(f"node '{node.name}'")
+    return found
+
+
+def _stub(name):
+    """The bytes of the stub `stubbed` puts in place of function `name` (without its
+    library record's header)."""
+    return length_delimited(_FUNCTION_SIGNATURE, length_delimited(_OP_DEF_NAME, name.encode()))
 
 
 def graph_def_layout(data):
