@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -263,7 +264,9 @@ class _TFLiteSide:
         import tensorflow as tf
 
         try:
-            interpreter = tf.lite.Interpreter(model_content=content)
+            with warnings.catch_warnings():  # that it is deprecated in favour of LiteRT
+                warnings.simplefilter("ignore", UserWarning)
+                interpreter = tf.lite.Interpreter(model_content=content)
             signatures = interpreter.get_signature_list()
             if len(signatures) != 1:
                 raise ValueError(f"{len(signatures)} signatures, not one")
