@@ -186,3 +186,38 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case):
 def test_wrong_shape_is_bad_input_in_python(pair):
     with pytest.raises(dumping.BadInput, match="shape"):
         graphtap.compare(pair[0], pair[1], {"image": IMAGES[:, :8]})
+
+
+@pytest.mark.compat("tf2onnx + onnxruntime")
+def test_onnx_agrees_within_1e_4(pair):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    result = graphtap.compare(pair[0], "onnx", {"image": IMAGES}, batch_size=8)
+    assert [t.key for t in result.taps] == KEYS and result.missing == []
+    assert result.first_divergence is None
+    assert max(t.rel_l2 for t in result.taps) < 1e-4
+
+
+def test_int8_error_grows_with_depth(tmp_path):
+    """Full-integer MobileNetV2: every tap differs, and more in the last third of the
+    graph than in the first."""
+    model = keras.applications.MobileNetV2(weights=None, input_shape=(96, 96, 3), alpha=0.35)
+    model.export(str(tmp_path / "mobilenet"), verbose=False)
+    tapped = str(tmp_path / "tapped")
+    graphtap.tap(str(tmp_path / "mobilenet"), tapped, ops=["Relu6"])
+    (name,) = run_tf2_input_names(tapped)
+    images = np.random.default_rng(4).uniform(-1, 1, (16, 96, 96, 3)).astype("float32")
+    result = graphtap.compare(tapped, "tflite_int8", {name: images}, batch_size=8)
+    taps = [t for t in result.taps if t.is_tap]
+    assert len(taps) == 35 and result.missing == []
+    assert all(t.rel_l2 > 0 for t in taps)
+    third = len(taps) // 3
+    first, last = taps[:third], taps[-third:]
+    assert np.mean([t.rel_l2 for t in last]) > np.mean([t.rel_l2 for t in first])
+
+
+def run_tf2_input_names(model_dir):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    return list(signature.structured_input_signature[1])
