@@ -172,13 +172,14 @@ class _Sums:
         b = b.astype(np.float64, copy=False).ravel()
         d = a - b
         self.count += a.size
-        if a.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
-        self.abs_sum += float(np.sum(np.abs(d)))
         self.aa += float(a @ a)
         self.bb += float(b @ b)
-        self.dd += float(d @ d)
         self.ab += float(a @ b)
+        self.dd += float(d @ d)
+        np.abs(d, out=d)
+        if d.size:
+            self.max_abs = max(self.max_abs, float(d.max()))
+        self.abs_sum += float(d.sum())
 
     def difference(self, key, position, is_tap, tolerance):
         if self.problem:
