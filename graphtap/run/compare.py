@@ -359,8 +359,9 @@ def _saved_model_side(model, records, path, scratch, tag_set, custom_ops):
     if not selectors:
         return _SavedModelSide(other)  # none of the tensors: the taps are all missing
     tapped = os.path.join(scratch, "other_tapped")
+    loop = next((r["loop"] for r in lacking if r.get("loop")), None)
     graphtap.tap(path, tapped, names=selectors, signatures=[model.signature_key],
-                 tag_set=tag_set, loop="stack")
+                 tag_set=tag_set, loop=loop)
     return _SavedModelSide(dumping.Runner(tapped, model.signature_key, tag_set, custom_ops))
 
 
