@@ -4,7 +4,7 @@
 
 `tap`, `list_targets` and `profile_times` read and write protobufs only: they never run
 the model, and importing graphtap imports neither TensorFlow nor numpy. What runs models
-(`verify`, `dump`, `activations`, `profile`, `export`) is loaded on first use.
+(`verify`, `dump`, `activations`, `profile`, `export`, `compare`) is loaded on first use.
 """
 
 import importlib
@@ -16,10 +16,10 @@ from graphtap.options import TapOptions
 # Loaded on first use: they import numpy or TensorFlow.
 _LAZY = {"NpyFile": "run.dumping", "TFRecord": "run.dumping", "activations": "run.dumping",
          "dump": "run.dumping", "Verification": "run.verification", "verify": "run.verification",
-         "profile": "run.profiling", "export": "run.export"}
+         "profile": "run.profiling", "export": "run.export", "compare": "run.compare"}
 
 __all__ = ["GraphtapError", "NpyFile", "Report", "TFRecord", "TapOptions", "TapRecord",
-           "Verification", "activations", "dump", "export", "list_targets", "profile",
+           "Verification", "activations", "compare", "dump", "export", "list_targets", "profile",
            "profile_times", "tap", "verify"]
 __version__ = "0.1.0"
 

@@ -6,11 +6,13 @@
     graphtap profile --input=DIR --logdir=DIR [--inputs=NAME=FILE.npy] [--runs=10] [--top_k=20]
     graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
         --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
+    graphtap compare --model=TAPPED_DIR --against=tflite|tflite_dynamic|tflite_float16|
+        tflite_int8|onnx|PATH (data flags as for dump) --out=DIR [--rtol=1e-4]
 
 `graphtap VERB --help` lists the flags of that verb.
 
-Exit status: 0 on success, 1 when verify finds a difference, 2 on any error (one line on
-stderr, no traceback), 130 when interrupted (Ctrl-C).
+Exit status: 0 on success, 1 when verify finds a difference or compare a divergence, 2 on
+any error (one line on stderr, no traceback), 130 when interrupted (Ctrl-C).
 """
 
 import importlib
@@ -27,8 +29,8 @@ from graphtap.flags import TapFlags, define_tap_flags
 from graphtap.printing import print_table, printing, require, shape
 from graphtap.rewrite.selectors import compile_regex
 
-VERBS = ("tap", "list", "verify", "profile", "dump")
-RUN_VERBS = ("verify", "profile", "dump")
+VERBS = ("tap", "list", "verify", "profile", "dump", "compare")
+RUN_VERBS = ("verify", "profile", "dump", "compare")
 _HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
 INTERRUPTED = 130  # the shell's status for a command ended by SIGINT (128 + 2)
 MAX_MESSAGE = 500  # characters of an error line
@@ -82,13 +84,7 @@ def _define_profile(fv):
 
 def _define_dump(fv):
     flags.DEFINE_string("model", None, "The SavedModel to run (tapped or not).", flag_values=fv)
-    _define_data(fv, "read a batch at a time")
-    flags.DEFINE_string("tfrecord", None, "A TFRecord file of tf.Examples.", flag_values=fv)
-    flags.DEFINE_multi_string("feature", [], "With --tfrecord: INPUT=FEATURE, or FEATURE when "
-                              "it is named like the input. Repeatable.", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 64, "Examples per batch.", lower_bound=1, flag_values=fv)
-    flags.DEFINE_integer("max_examples", None, "Stop after this many examples.", lower_bound=1,
-                         flag_values=fv)
+    _define_streamed_data(fv)
     flags.DEFINE_string("out", None, "Directory to write stats.json (and .npz files) to.",
                         flag_values=fv)
     flags.DEFINE_enum("save", "stats", ["stats", "npz"], "`stats` writes stats.json; `npz` also "
@@ -96,6 +92,42 @@ def _define_dump(fv):
     flags.DEFINE_string("tensorboard", None, "Also write TensorBoard summaries (a histogram and "
                         "scalars per output, one step a batch) to this log directory.",
                         flag_values=fv)
+    flags.DEFINE_bool("overwrite", False, "Replace an existing output that graphtap wrote.",
+                      flag_values=fv)
+    _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
+    _define_tag_set(fv)
+    _define_custom_ops(fv)
+
+
+def _define_streamed_data(fv):
+    _define_data(fv, "read a batch at a time")
+    flags.DEFINE_string("tfrecord", None, "A TFRecord file of tf.Examples.", flag_values=fv)
+    flags.DEFINE_multi_string("feature", [], "With --tfrecord: INPUT=FEATURE, or FEATURE when "
+                              "it is named like the input. Repeatable.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 64, "Examples per batch.", lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer("max_examples", None, "Stop after this many examples.", lower_bound=1,
+                         flag_values=fv)
+
+
+def _define_compare(fv):
+    flags.DEFINE_string("model", None, "The tapped SavedModel.", flag_values=fv)
+    flags.DEFINE_string("against", None, "What to compare it with: tflite (converted here, "
+                        "float), tflite_dynamic, tflite_float16, tflite_int8 (quantized), onnx "
+                        "(tf2onnx + onnxruntime: the onnx extra), or a path: a .tflite or .onnx "
+                        "file converted from the tapped model, or another SavedModel (tapped "
+                        "with the model's tensor names when it lacks the taps).",
+                        flag_values=fv)
+    _define_streamed_data(fv)
+    flags.DEFINE_string("out", None, "Directory to write compare.json (and compare.png, with "
+                        "matplotlib) to.", flag_values=fv)
+    flags.DEFINE_float("rtol", 1e-4, "Largest rel L2 error (||a-b||/||a||) of a tap within "
+                       "tolerance, against a float side.", lower_bound=0, flag_values=fv)
+    flags.DEFINE_float("max_rel_l2", 0.1, "The same, against the quantized kinds "
+                       "(tflite_dynamic, tflite_float16, tflite_int8).", lower_bound=0,
+                       flag_values=fv)
+    flags.DEFINE_multi_string("representative", [], "NAME=FILE.npy: calibration data for "
+                              "tflite_int8 (default: the compared data). Repeatable.",
+                              flag_values=fv)
     flags.DEFINE_bool("overwrite", False, "Replace an existing output that graphtap wrote.",
                       flag_values=fv)
     _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
@@ -128,7 +160,7 @@ def _define_custom_ops(fv):
 
 
 _DEFINE = {"tap": _define_tap, "list": _define_list, "verify": _define_verify,
-           "profile": _define_profile, "dump": _define_dump}
+           "profile": _define_profile, "dump": _define_dump, "compare": _define_compare}
 
 
 def verb_flags(verb):

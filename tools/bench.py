@@ -29,6 +29,13 @@ whole-process time of the `graphtap tap` command for --cli_model against
     python tools/bench.py [--models=resnet50,synthetic_100k] [--repeats=5]
     python tools/bench.py --breakdown=resnet50 --repeats=20   # time per phase
 
+    python tools/bench.py --compare=mobilenetv2 --repeats=5  # graphtap compare's cost
+
+--compare taps every activation of the model, converts it to a .tflite once (timed
+apart), then times the comparison phase of graphtap.compare against that file over
+--compare_examples examples against running both models alone on the same batches
+(the SavedModel signature and the TFLite signature runner, already loaded), alternated.
+
 --breakdown also times, for a SavedModel, a lower bound of any rewrite that writes the
 tap's output from protobuf messages in Python: parse the input's functions that change,
 read the name and op of each of their nodes, serialize the changed and added functions,
@@ -62,6 +69,10 @@ flags.DEFINE_string("copy_model", "resnet50", "Model whose variables' copy is ti
 flags.DEFINE_string("workdir", "/tmp/graphtap-bench", "Where models and outputs go.")
 flags.DEFINE_string("breakdown", None, "Instead of the tables: where the time of the floor and "
                     "of tapping every activation goes, phase by phase, for this model.")
+flags.DEFINE_string("compare", None, "Instead of the tables: the cost of graphtap compare "
+                    "against running both models, for this model.")
+flags.DEFINE_integer("compare_examples", 64, "Examples --compare runs.")
+flags.DEFINE_integer("compare_batch", 16, "Batch size of --compare.")
 FLAGS = flags.FLAGS
 
 APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
@@ -418,6 +429,9 @@ def main(_):
     if FLAGS.breakdown:
         breakdown(FLAGS.breakdown)
         return
+    if FLAGS.compare:
+        compare_cost(FLAGS.compare)
+        return
     for name in FLAGS.models:
         model_path(name)
 
@@ -481,6 +495,53 @@ def main(_):
           f"{summary(cli_runs, 1, ' s')}; `python -c \"import tensorflow\"`: "
           f"{summary(import_runs, 1, ' s')}; ratio "
           f"{statistics.median(cli_runs) / statistics.median(import_runs):.3f}")
+
+
+def compare_cost(name):
+    """Prints the time of graphtap.compare's runs over that of running both models."""
+    import numpy as np
+    import tensorflow as tf
+
+    from graphtap.run import compare, dumping
+
+    tapped = os.path.join(FLAGS.workdir, f"{name}_compare_tapped")
+    remove(tapped)
+    ops, _ = activation_selectors(model_path(name))
+    report = graphtap.tap(model_path(name), tapped, ops=ops)
+    start = time.perf_counter()
+    converter = tf.lite.TFLiteConverter.from_saved_model(tapped)
+    tflite = os.path.join(FLAGS.workdir, f"{name}_compare.tflite")
+    with open(tflite, "wb") as f:
+        f.write(converter.convert())
+    convert = time.perf_counter() - start
+    model = dumping.Runner(tapped, None)
+    (input_name, spec), = model.specs.items()  # noqa: B018
+    shape = [FLAGS.compare_examples, *spec.shape[1:]]
+    data = {input_name: np.random.default_rng(0).standard_normal(shape).astype("float32")}
+    batches = list(dumping._batches(data, FLAGS.compare_batch, None, model.specs))
+
+    def both():
+        """Both models loaded afresh (not timed), as compare loads them, then run."""
+        model = dumping.Runner(tapped, None)
+        other = compare._model_file_side(tflite)
+        start = time.perf_counter()
+        for batch in batches:
+            model.run(batch)
+            other.run(batch)
+        return time.perf_counter() - start
+
+    runs = {"both models": [], "compare": []}
+    for _ in range(FLAGS.repeats):
+        runs["both models"].append(both())
+        result = graphtap.compare(tapped, tflite, data, batch_size=FLAGS.compare_batch)
+        runs["compare"].append(result.seconds["run"])
+    ratios = [c / b for c, b in zip(runs["compare"], runs["both models"])]
+    print(f"{name}: {len(report.taps)} taps, {FLAGS.compare_examples} examples in batches of "
+          f"{FLAGS.compare_batch}; TFLite conversion {convert:.2f} s")
+    for label, seconds in runs.items():
+        print(f"  {label:12} {summary(seconds)}")
+    print(f"  compare / both models: {statistics.median(ratios):.2f} "
+          f"({min(ratios):.2f}-{max(ratios):.2f})")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The verbs that run models (verify, dump, profile): reading their data files and
+"""The verbs that run models (verify, dump, profile, compare): reading their data files and
 printing their results. Imports numpy and TensorFlow; graphtap.cli loads it only for them.
 """
 
@@ -16,9 +16,9 @@ from graphtap.run.verification import verify
 
 
 def run(verb, f):
-    """Runs `verb` (verify, dump or profile) with its parsed flags `f`."""
+    """Runs `verb` (verify, dump, profile or compare) with its parsed flags `f`."""
     with _custom_ops_hint():
-        {"verify": _verify, "dump": _dump, "profile": _profile}[verb](f)
+        {"verify": _verify, "dump": _dump, "profile": _profile, "compare": _compare}[verb](f)
 
 
 @contextlib.contextmanager
@@ -31,13 +31,13 @@ def _custom_ops_hint():
                                error.where) from None
 
 
-def _named_arrays(f, read):
-    """{input name: read(path)} from --inputs NAME=FILE.npy."""
+def _named_arrays(f, read, flag="inputs"):
+    """{input name: read(path)} from --inputs (or `flag`) NAME=FILE.npy."""
     arrays = {}
-    for spec in f.inputs:
+    for spec in f[flag].value:
         name, sep, path = spec.partition("=")
         if not sep:
-            raise errors.BadArgument("--inputs takes NAME=FILE.npy", spec)
+            raise errors.BadArgument(f"--{flag} takes NAME=FILE.npy", spec)
         if not os.path.isfile(path):
             raise errors.InputNotFound("no such input file", path)
         try:
@@ -50,6 +50,64 @@ def _named_arrays(f, read):
 def _dump(f):
     require(f, "model")
     require(f, "out")
+    data = _streamed_data(f)
+    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
+                          batch_size=f.batch_size, max_examples=f.max_examples,
+                          save=f.save, tensorboard=f.tensorboard,
+                          overwrite=f.overwrite, tag_set=f.tag_set,
+                          custom_ops=f.custom_ops)
+    rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
+             _number(s["std"]), _number(s["min"]), _number(s["max"]),
+             _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
+            for key, s in stats.items()]
+    with printing(written=f.out):
+        print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
+                      "Inf"), rows)
+        print(f"wrote {f.out}")
+
+
+def _compare(f):
+    require(f, "model")
+    require(f, "against")
+    require(f, "out")
+    data = _streamed_data(f)
+    representative = _named_arrays(f, np.load, "representative") or None
+    result = graphtap.compare(f.model, f.against, data, f.out, signature=f.signature_def,
+                              batch_size=f.batch_size, max_examples=f.max_examples,
+                              rtol=f.rtol, max_rel_l2=f.max_rel_l2,
+                              representative=representative, overwrite=f.overwrite,
+                              tag_set=f.tag_set, custom_ops=f.custom_ops)
+    with printing(written=f.out):
+        print_comparison(result)
+        print(f"wrote {f.out}")
+    if result.first_divergence is not None:
+        sys.exit(1)
+
+
+def print_comparison(result):
+    """The table of a graphtap.compare result, and what it found."""
+    rows = [(t.position, t.key, "tap" if t.is_tap else "output", _number(t.max_abs),
+             _number(t.mean_abs), _number(t.rel_l2), _number(t.cosine), _number(t.sqnr_db),
+             t.problem or ("ok" if t.within_tolerance else "DIVERGES"))
+            for t in result.taps]
+    print_table(("#", "key", "kind", "max abs", "mean abs", "rel l2", "cosine", "sqnr dB",
+                 "status"), rows)
+    for key in result.missing:
+        print(f"missing in {result.against}: tap {key}")
+    for key in (k for k in result.only_model if k not in result.missing):
+        print(f"only in the model: output {key}")
+    for key in result.only_other:
+        print(f"only in {result.against}: output {key}")
+    print(f"{result.examples} examples; conversion {result.seconds['convert']:.2f} s, runs "
+          f"{result.seconds['run']:.2f} s")
+    if result.first_divergence is None:
+        print(f"every tap within tolerance (rel l2 <= {result.tolerance:g})")
+    else:
+        print(f"first divergence: {result.first_divergence} (rel l2 > {result.tolerance:g})")
+
+
+def _streamed_data(f):
+    """The data of dump and compare, from --inputs, --inputs_npz or --tfrecord."""
     sources = [bool(f.inputs), bool(f.inputs_npz), bool(f.tfrecord)]
     if sum(sources) != 1:
         raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
@@ -69,19 +127,7 @@ def _dump(f):
             raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
     else:
         data = _named_arrays(f, graphtap.NpyFile)  # read a batch at a time
-    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
-                          batch_size=f.batch_size, max_examples=f.max_examples,
-                          save=f.save, tensorboard=f.tensorboard,
-                          overwrite=f.overwrite, tag_set=f.tag_set,
-                          custom_ops=f.custom_ops)
-    rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
-             _number(s["std"]), _number(s["min"]), _number(s["max"]),
-             _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
-            for key, s in stats.items()]
-    with printing(written=f.out):
-        print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
-                      "Inf"), rows)
-        print(f"wrote {f.out}")
+    return data
 
 
 def _profile(f):
@@ -104,7 +150,7 @@ def _profile(f):
 
 
 def _number(value):
-    return "-" if value is None else f"{value:.4g}"
+    return "-" if value is None or value != value else f"{value:.4g}"
 
 
 def _verify(f):

@@ -1,0 +1,227 @@
+"""`graphtap compare`: where a converted or changed model starts to disagree, checked
+against TensorFlow runs of both sides and numpy's norms."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import child_env
+from keras import layers
+from loaders import run_tf2
+
+import graphtap
+from graphtap import errors
+from graphtap.run import dumping
+
+IMAGES = np.random.default_rng(3).standard_normal((24, 16, 16, 3)).astype("float32")
+LAYERS = ["conv", "bn", "relu", "conv_res", "add", "pool", "dense", "probs"]
+KEYS = LAYERS[:-1] + ["output_0"]  # probs's output is output_0 already: not tapped
+
+
+def small_cnn(weights=None):
+    """The keras_cnn architecture, every layer named, so two builds share their names."""
+    inputs = keras.Input(shape=(16, 16, 3), name="image")
+    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
+    x = layers.BatchNormalization(name="bn")(x)
+    x = layers.ReLU(name="relu")(x)
+    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_res")(x)
+    x = layers.Add(name="add")([x, y])
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dense(16, activation="relu", name="dense")(x)
+    outputs = layers.Dense(4, activation="softmax", name="probs")(x)
+    model = keras.Model(inputs, outputs, name="cnn")
+    if weights is not None:
+        model.set_weights(weights)
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """(tapped model, tapped model with conv_res's kernel x 1.01, that one untapped, root)."""
+    root = tmp_path_factory.mktemp("compare")
+    keras.utils.set_random_seed(5)
+    first = small_cnn()
+    weights = first.get_weights()
+    bn = first.get_layer("bn")
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    weights = first.get_weights()
+    second = small_cnn(weights)
+    kernel = second.get_layer("conv_res").kernel
+    kernel.assign(kernel.numpy() * 1.01)
+    first.export(str(root / "a"), verbose=False)
+    second.export(str(root / "b"), verbose=False)
+    for name in ("a", "b"):
+        graphtap.tap(str(root / name), str(root / f"{name}_tapped"), layers=LAYERS)
+    return str(root / "a_tapped"), str(root / "b_tapped"), str(root / "b"), root
+
+
+def rel_l2(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(a)
+
+
+@pytest.mark.parametrize("other", [1, 2], ids=["tapped", "untapped"])
+def test_scaled_kernel_diverges_first_at_its_layer(pair, other, tmp_path):
+    """The layer whose kernel changed is the first divergence; every tap before it is
+    bit-identical; the figures are numpy's on TensorFlow's values of both models. An
+    untapped other model is tapped with the same tensor names first."""
+    model, against = pair[0], pair[other]
+    result = graphtap.compare(model, against, {"image": IMAGES}, str(tmp_path / "out"),
+                              batch_size=5)
+    assert result.first_divergence == "conv_res"
+    keys = [t.key for t in result.taps]
+    assert keys == KEYS  # graph order: the model's layer order
+    assert result.missing == [] and result.examples == len(IMAGES)
+    for tap in result.taps[:keys.index("conv_res")]:
+        assert tap.max_abs == 0 and tap.within_tolerance, tap.key
+    ours = run_tf2(model, "serving_default", {"image": IMAGES})
+    theirs = run_tf2(pair[1], "serving_default", {"image": IMAGES})
+    for tap in result.taps:
+        a, b = ours[tap.key].astype(np.float64), theirs[tap.key].astype(np.float64)
+        assert tap.rel_l2 == pytest.approx(rel_l2(a, b), rel=1e-9, abs=1e-15), tap.key
+        assert tap.max_abs == pytest.approx(np.abs(a - b).max(), rel=1e-12), tap.key
+        assert tap.mean_abs == pytest.approx(np.abs(a - b).mean(), rel=1e-9), tap.key
+        cosine = (a.ravel() @ b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert tap.cosine == pytest.approx(cosine, rel=1e-9), tap.key
+    assert 1e-3 < result.taps[keys.index("conv_res")].rel_l2 < 0.02
+    written = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert written["first_divergence"] == "conv_res"
+    assert written["examples"] == len(IMAGES) and written["missing"] == []
+    assert [t["key"] for t in written["taps"]] == keys
+    assert [t["position"] for t in written["taps"]] == list(range(len(keys)))
+    assert written["taps"][0]["sqnr_db"] is None  # infinite: identical
+    assert set(written["taps"][0]) >= {"key", "position", "max_abs", "mean_abs", "rel_l2",
+                                       "cosine", "sqnr_db", "within_tolerance"}
+
+
+def test_tflite_float_agrees_with_every_tap(keras_cnn, tmp_path):
+    tapped = str(tmp_path / "tapped")
+    graphtap.tap(keras_cnn[0], tapped, ops=["Relu", "Conv2D", "BiasAdd", "AddV2"])
+    result = graphtap.compare(tapped, "tflite", {"image": IMAGES}, batch_size=7)
+    assert result.first_divergence is None and result.missing == []
+    assert len(result.taps) == 13 and all(t.within_tolerance for t in result.taps)
+    assert max(t.rel_l2 for t in result.taps) < 1e-5
+
+
+def test_tflite_file_of_another_model_is_refused(keras_cnn, tmp_path):
+    """The .tflite of a model that lacks the taps: one error, not a table of misses."""
+    import tensorflow as tf
+
+    tapped = str(tmp_path / "tapped")
+    graphtap.tap(keras_cnn[0], tapped, ops=["Relu"])
+    converter = tf.lite.TFLiteConverter.from_saved_model(keras_cnn[0])
+    (tmp_path / "other.tflite").write_bytes(converter.convert())
+    with pytest.raises(errors.BadArgument, match="none of the model's taps"):
+        graphtap.compare(tapped, str(tmp_path / "other.tflite"), {"image": IMAGES})
+
+
+def test_partly_tapped_other_model_is_tapped_for_the_rest(pair, tmp_path):
+    model, _, untapped, _ = pair
+    partial = str(tmp_path / "partial")
+    graphtap.tap(untapped, partial, layers=["conv", "relu"])
+    result = graphtap.compare(model, partial, {"image": IMAGES})
+    assert result.missing == [] and [t.key for t in result.taps] == KEYS
+    assert result.first_divergence == "conv_res"
+
+
+def test_taps_missing_in_a_converted_file_are_listed(pair, tmp_path):
+    """A .tflite converted from the model tapped at fewer layers: the others are
+    listed as missing, the rest compared."""
+    import tensorflow as tf
+
+    fewer = str(tmp_path / "fewer")
+    graphtap.tap(pair[2], fewer, layers=["conv", "relu"])
+    converter = tf.lite.TFLiteConverter.from_saved_model(fewer)
+    (tmp_path / "fewer.tflite").write_bytes(converter.convert())
+    result = graphtap.compare(pair[0], str(tmp_path / "fewer.tflite"), {"image": IMAGES})
+    assert result.missing == sorted(set(LAYERS[:-1]) - {"conv", "relu"})
+    assert [t.key for t in result.taps] == ["conv", "relu", "output_0"]
+    assert result.taps[0].within_tolerance and result.taps[1].within_tolerance
+    assert not result.taps[2].within_tolerance  # b's output: conv_res's kernel differs
+    assert result.first_divergence == "output_0"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "graphtap", "compare", *args],
+                          capture_output=True, text=True, env=child_env(), timeout=300)
+
+
+def test_cli_writes_compare_json_and_exits_1_on_divergence(pair, tmp_path):
+    np.save(tmp_path / "images.npy", IMAGES)
+    out = tmp_path / "out"
+    result = cli(f"--model={pair[0]}", f"--against={pair[1]}",
+                 f"--inputs=image={tmp_path / 'images.npy'}", f"--out={out}", "--batch_size=10")
+    assert result.returncode == 1, result.stderr
+    assert "first divergence: conv_res" in result.stdout
+    assert json.loads((out / "compare.json").read_text())["first_divergence"] == "conv_res"
+
+
+@pytest.mark.parametrize("case", ["not_a_model", "wrong_shape", "out_inside_model"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case):
+    np.save(tmp_path / "images.npy", IMAGES)
+    np.save(tmp_path / "small.npy", IMAGES[:, :8, :8])
+    (tmp_path / "junk.tflite").write_bytes(b"not a model at all")
+    against, data, out = pair[1], tmp_path / "images.npy", tmp_path / "out"
+    if case == "not_a_model":
+        against = tmp_path / "junk.tflite"
+    elif case == "wrong_shape":
+        data = tmp_path / "small.npy"
+    else:
+        out = os.path.join(pair[0], "cmp")
+    result = cli(f"--model={pair[0]}", f"--against={against}", f"--inputs=image={data}",
+                 f"--out={out}")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("graphtap: error: ")
+    assert {"not_a_model": "not a SavedModel directory, .tflite or .onnx model",
+            "wrong_shape": "has shape (8, 8, 3) per example",
+            "out_inside_model": "output is the input or lies inside it"}[case] in last
+    assert not os.path.exists(out)
+
+
+def test_wrong_shape_is_bad_input_in_python(pair):
+    with pytest.raises(dumping.BadInput, match="shape"):
+        graphtap.compare(pair[0], pair[1], {"image": IMAGES[:, :8]})
+
+
+@pytest.mark.compat("tf2onnx + onnxruntime")
+def test_onnx_agrees_within_1e_4(pair):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    result = graphtap.compare(pair[0], "onnx", {"image": IMAGES}, batch_size=8)
+    assert [t.key for t in result.taps] == KEYS and result.missing == []
+    assert result.first_divergence is None
+    assert max(t.rel_l2 for t in result.taps) < 1e-4
+
+
+def test_int8_error_grows_with_depth(tmp_path):
+    """Full-integer MobileNetV2: every tap differs, and more in the last third of the
+    graph than in the first."""
+    # In a child: a Keras application built here would take the layer names that the
+    # session's mobilenet_v2 fixture expects (Keras numbers repeated names).
+    subprocess.run([sys.executable, "-c", "import sys, keras; keras.applications.MobileNetV2("
+                    "weights=None, input_shape=(96, 96, 3), alpha=0.35).export(sys.argv[1], "
+                    "verbose=False)", str(tmp_path / "mobilenet")],
+                   check=True, capture_output=True, env=child_env(), timeout=300)
+    tapped = str(tmp_path / "tapped")
+    graphtap.tap(str(tmp_path / "mobilenet"), tapped, ops=["Relu6"])
+    (name,) = run_tf2_input_names(tapped)
+    images = np.random.default_rng(4).uniform(-1, 1, (16, 96, 96, 3)).astype("float32")
+    result = graphtap.compare(tapped, "tflite_int8", {name: images}, batch_size=8)
+    taps = [t for t in result.taps if t.is_tap]
+    assert len(taps) == 35 and result.missing == []
+    assert all(t.rel_l2 > 0 for t in taps)
+    third = len(taps) // 3
+    first, last = taps[:third], taps[-third:]
+    assert np.mean([t.rel_l2 for t in last]) > np.mean([t.rel_l2 for t in first])
+
+
+def run_tf2_input_names(model_dir):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+    return list(signature.structured_input_signature[1])
