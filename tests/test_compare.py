@@ -1,6 +1,7 @@
 """`graphtap compare`: where a converted or changed model starts to disagree, checked
 against TensorFlow runs of both sides and numpy's norms."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -158,6 +159,11 @@ def test_cli_writes_compare_json_and_exits_1_on_divergence(pair, tmp_path):
     assert result.returncode == 1, result.stderr
     assert "first divergence: conv_res" in result.stdout
     assert json.loads((out / "compare.json").read_text())["first_divergence"] == "conv_res"
+    # The plot is written where matplotlib is installed (CI installs the plot extra).
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    assert (out / "compare.png").is_file() == has_matplotlib
+    if has_matplotlib:
+        assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("case", ["not_a_model", "wrong_shape", "out_inside_model"])
