@@ -8,11 +8,11 @@ from graphtap import errors
 from graphtap.rewrite import aliases, check, control_flow, manifest, model_io, protos, wire
 from graphtap.rewrite.fusion import fusion_warnings
 from graphtap.rewrite.index import GraphIndex, node_of, shape_dims
-from graphtap.rewrite.keys import assign_keys, unique_name
+from graphtap.rewrite.keys import assign_keys
 from graphtap.rewrite.layers import LayerMap
 from graphtap.options import TapOptions
 from graphtap.rewrite.plumbing import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.rewrite.selectors import Prefilter, RegexSet, select
+from graphtap.rewrite.selectors import Prefilter, SelectionContext, select, selectors_from
 from graphtap.rewrite.signatures import choose_signatures, meta_graph_position, runnable_signatures
 from graphtap.rewrite.traces import match_trace, trace_files
 
@@ -75,21 +75,18 @@ def tap(input_path, output_path, options=None, **changes):
 
 
 def _tap(input_path, output_path, options):
-    names, ops, exclude, layers = options.names, options.ops, options.exclude, options.layers
-    profile, top_k, loop, overwrite = (options.profile, options.top_k, options.loop,
-                                       options.overwrite)
+    exclude, layers, loop, overwrite = (options.exclude, options.layers, options.loop,
+                                        options.overwrite)
     signatures, mode, tag_set = options.signatures, options.mode, options.tag_set
     tapped_signature = options.tapped_signature
-    name_selectors = list(names)
     model = model_io.read(input_path, stubs=True)
     model_io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
+    if not model.is_saved_model and options.profile:
+        raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
+                                 "GraphDef", model.path)
+    selectors = selectors_from(options)
     if not model.is_saved_model:
-        if profile:
-            raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
-                                       "GraphDef", model.path)
-        selectors = (name_selectors, ops, exclude, layers)
-        return _tap_graph_def(model, output_path, selectors, overwrite)
-    traces = trace_files(profile) if profile else None
+        return _tap_graph_def(model, output_path, selectors, exclude, overwrite)
 
     meta_graph_position = _meta_graph_position(model, tag_set)
     meta_graph = model.proto.meta_graphs[meta_graph_position]
@@ -116,27 +113,19 @@ def _tap(input_path, output_path, options):
                 index.forget(None)  # the outer graph has a node more
 
     # Layer outputs and profiled nodes are found among all tensors: no prefilter then.
-    keep = None if layers or profile else Prefilter(name_selectors, ops)
+    keep = Prefilter.of(selectors)
     variable_names = _variable_names(meta_graph) if layers else ()
     taps, already, already_outputs = [], [], []
     for key in keys:
+        context = SelectionContext(index, key, meta_graph.signature_def[key], variable_names,
+                                   already_outputs)
         try:
             candidates = _candidates(index, meta_graph, objects, key, keep)
             control_flow.allow_control_flow_taps(index, candidates, loop)
-            picked = (LayerMap(index, candidates, variable_names).select(candidates, layers)
-                      if layers else [])
-            picked = _new_layer_outputs(index, meta_graph.signature_def[key], picked,
-                                        already_outputs, key)
-            names_left = name_selectors
-            if traces:
-                profiled, names_left = _profiled(candidates, traces, name_selectors, top_k, key)
-                picked += profiled
-            if not picked and not names_left and not ops and already_outputs:
-                continue  # every selected layer's output already is an output
-            selected = select(candidates, names_left, ops, exclude, picked)
+            selected = select(candidates, selectors, exclude, context)
         except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
             if keep is not None:
-                select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
+                select(_candidates(index, meta_graph, objects, key), selectors, exclude, context)
             raise
         fresh = _fresh(selected, already)
         for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
@@ -159,27 +148,6 @@ def _tap(input_path, output_path, options):
                   tuple(r for r in records if r.same_function_as is not None))
 
 
-def _new_layer_outputs(index, signature_def, picked, already_outputs, signature):
-    """The layer picks ([(candidate, layer key)]) whose tensor is not already an output of
-    the signature; the others are added to `already_outputs` as (signature, layer, key).
-    A layer key that is an output's key but names another tensor gets a suffix."""
-    if not picked:
-        return picked
-    outputs = aliases.output_tensors(index, signature_def)
-    taken = set(signature_def.outputs)
-    kept = []
-    for candidate, key in picked:
-        output_key = outputs.get(aliases.candidate_ref(candidate))
-        if output_key is not None:
-            already_outputs.append((signature, candidate.layer or key or candidate.name,
-                                    output_key))
-            continue
-        if key is not None and key in taken:
-            key = unique_name(key, taken)
-        kept.append((candidate, key))
-    return kept
-
-
 def _signatures(meta_graph):
     return runnable_signatures(meta_graph.signature_def)
 
@@ -188,27 +156,6 @@ def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
     with errors_about(input_path):
         return _list_targets(input_path, signatures, tag_set)
-
-
-def _profiled(candidates, traces, name_selectors, top_k, signature):
-    """[(candidate, key)] a profile picks, and the name selectors it leaves for `select`:
-    with names, the traced tensors they match (and none are left); else the `top_k`
-    traced tensors that took most time."""
-    traced = match_trace(candidates, traces)
-    if not traced.times:
-        raise errors.NoMatch(
-            f"none of the profile's {traced.op_events} op events maps to a node of signature "
-            f"'{signature}': was the profile taken of this model?", traces[0])
-    tappable = [t.candidate for t in traced.times if not t.candidate.blocked]
-    if not name_selectors:
-        return [(candidate, None) for candidate in tappable[:top_k]], name_selectors
-    picked = []
-    regexes = RegexSet([pattern for pattern, _ in name_selectors])
-    for (pattern, key), matched in zip(name_selectors, regexes.matched(tappable)):
-        if not matched:
-            raise errors.NoMatch(f"name selector '{pattern}' matches no traced node", traces[0])
-        picked += [(c, key) for c in matched]
-    return picked, []
 
 
 def profile_times(input_path, logdir, signature=None, tag_set="serve"):
@@ -300,19 +247,18 @@ def errors_about(input_path):
         raise
 
 
-def _tap_graph_def(model, output_path, selectors, overwrite):
-    name_selectors, ops, exclude, layers = selectors
+def _tap_graph_def(model, output_path, selectors, exclude, overwrite):
     layout = model.data and wire.graph_def_layout(model.data)
     index = GraphIndex(model.proto, (), layout)
     already = []
-    keep = None if layers else Prefilter(name_selectors, ops)
+    keep = Prefilter.of(selectors)
+    context = SelectionContext(index, None, protos.SignatureDef())
     try:
         candidates = index.all_candidates(keep)
-        picked = LayerMap(index, candidates).select(candidates, layers) if layers else []
-        selected = select(candidates, name_selectors, ops, exclude, picked)
+        selected = select(candidates, selectors, exclude, context)
     except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
         if keep is not None:
-            select(index.all_candidates(), name_selectors, ops, exclude)
+            select(index.all_candidates(), selectors, exclude, context)
         raise
     fresh = _fresh(selected, already)
     if not fresh:
