@@ -87,3 +87,61 @@ def test_selectors_from_options_in_merge_order(tmp_path):
     assert found[1].names == (("a", "k"),)  # a profile takes the name selectors
     found = selectors_from(TapOptions(names=["a"], ops=["Relu"]))
     assert [type(s) for s in found] == [NameSelector, OpSelector]
+
+
+# The op definitions a tiny hand-built GraphDef needs, in place of TensorFlow's registry.
+_OP_DEFS = {name: protos.OpDef(name=name, output_arg=[{"name": arg, "type_attr": attr}],
+                               attr=[{"name": attr, "type": "type"}])
+            for name, arg, attr in [("Placeholder", "output", "dtype"),
+                                    ("Relu", "activations", "T"), ("Identity", "output", "T")]}
+
+
+def _tiny_graph_def(path):
+    graph_def = protos.GraphDef()
+    x = graph_def.node.add(name="x", op="Placeholder")
+    x.attr["dtype"].type = FLOAT
+    relu = graph_def.node.add(name="relu", op="Relu", input=["x"])
+    relu.attr["T"].type = FLOAT
+    path.write_bytes(graph_def.SerializeToString())
+    return path
+
+
+def test_a_graph_def_goes_through_the_output_check(tmp_path, monkeypatch):
+    from graphtap.rewrite import check, opdefs, tapping
+
+    monkeypatch.setattr(opdefs, "_registered_op_defs", lambda: (_OP_DEFS, None))
+    checked = []
+    real_check = check.check_output
+
+    def recording_check(meta_graph, objects, keys, *args, **kwargs):
+        checked.append({key: {k: (info.name, info.dtype)
+                              for k, info in meta_graph.signature_def[key].outputs.items()}
+                        for key in keys})
+        return real_check(meta_graph, objects, keys, *args, **kwargs)
+
+    monkeypatch.setattr(check, "check_output", recording_check)
+    report = tapping.tap(str(_tiny_graph_def(tmp_path / "g.pb")), str(tmp_path / "out.pb"),
+                         ops=["Relu"])
+    (record,) = report.taps
+    assert checked == [{None: {record.key: (record.tensor, FLOAT)}}]
+    written = protos.GraphDef.FromString((tmp_path / "out.pb").read_bytes())
+    assert [n.name for n in written.node][:2] == ["x", "relu"]
+    assert report.output_names == [record.tensor.rsplit(":", 1)[0]]
+
+
+def test_the_graph_def_output_check_refuses_a_broken_rewrite(tmp_path, monkeypatch):
+    from graphtap.rewrite import opdefs, plumbing, tapping
+
+    monkeypatch.setattr(opdefs, "_registered_op_defs", lambda: (_OP_DEFS, None))
+    apply = plumbing.TapRewrite.apply
+
+    def dropping_the_identity(self, taps):
+        result = apply(self, taps)
+        del self.graph_def.node[-1]  # a bug: the tap's Identity is gone
+        return result
+
+    monkeypatch.setattr(plumbing.TapRewrite, "apply", dropping_the_identity)
+    with pytest.raises(errors.InternalError, match="names missing node"):
+        tapping.tap(str(_tiny_graph_def(tmp_path / "g.pb")), str(tmp_path / "out.pb"),
+                    ops=["Relu"])
+    assert not (tmp_path / "out.pb").exists()
