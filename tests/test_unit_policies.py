@@ -9,7 +9,8 @@ from graphtap import cli, errors
 from graphtap.rewrite import manifest, signatures
 from graphtap.rewrite.keys import assign_keys, sanitize, unique_name
 from graphtap.options import TapOptions
-from graphtap.rewrite.selectors import RegexSet, compile_regex, parse_name_selectors, select
+from graphtap.rewrite.selectors import (NameSelector, OpSelector, RegexSet, compile_regex,
+                                        parse_name_selectors, select)
 
 pytestmark = pytest.mark.unit
 
@@ -77,18 +78,19 @@ def test_a_backtracking_regex_matches_at_once():
 
 def test_select_is_a_union_less_the_excluded():
     found = [candidate("a/Relu"), candidate("b/Relu"), candidate("c/Softmax", "Softmax")]
-    chosen = select(found, names=[("a/.*", None)], ops=["Softmax"], exclude=["c/.*"])
+    chosen = select(found, [NameSelector([("a/.*", None)]), OpSelector(["Softmax"])],
+                    exclude=["c/.*"])
     assert [c.name for c, _ in chosen] == ["a/Relu"]
 
 
 def test_select_names_the_closest_when_nothing_matches():
     with pytest.raises(errors.NoMatch, match="closest: a/Relu"):
-        select([candidate("a/Relu")], names=[("a/Rel", None)])
+        select([candidate("a/Relu")], [NameSelector([("a/Rel", None)])])
 
 
 def test_select_refuses_a_blocked_tensor_with_its_reason():
     with pytest.raises(errors.NotTappable, match="inside a loop"):
-        select([candidate("w/x", blocked="inside a loop")], names=[("w/x", None)])
+        select([candidate("w/x", blocked="inside a loop")], [NameSelector([("w/x", None)])])
 
 
 def test_tap_options_are_normalized():

@@ -13,7 +13,7 @@ imports), so `graphtap tap` and `graphtap list` never start TensorFlow.
     index         bodies, call sites, tensor references, candidates
     opdefs        op definitions: the model's own first, TensorFlow's registry last
     aliases       what a signature output really holds; signatures of one function
-    selectors     names and op types (RE2, linear time) as a union, less exclusions
+    selectors     one interface: names (RE2), op types, Keras layers, profiles; union, exclusions
     layers        Keras layers found from name scopes
     traces        profiler traces mapped onto the signature's nodes
     keys          output key policy

@@ -6,12 +6,22 @@ rewritten model before anything is written, where it means a graphtap bug.
 """
 
 import collections
+import dataclasses
 
 from graphtap import errors
 from graphtap.rewrite.index import node_of
 from graphtap.rewrite.op_kinds import called_function, kind_of
 from graphtap.rewrite.opdefs import OpRegistry
 from graphtap.rewrite.plumbing import signature_call_node
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureGraph:
+    """What the checks read of a meta graph: its graph and {key: SignatureDef}. A frozen
+    GraphDef is checked as one with one unnamed signature (key None) holding its taps."""
+
+    graph_def: object
+    signature_def: object
 
 
 class _Inconsistent(Exception):
@@ -31,6 +41,8 @@ def check_input(meta_graph, objects, signature_keys, path, index=None):
 def check_output(meta_graph, objects, signature_keys, index=None, origins=None, unchanged=()):
     """Raises InternalError if the rewrite left what `signature_keys` use inconsistent.
 
+    meta_graph: the rewritten MetaGraphDef, or for a GraphDef a SignatureGraph whose one
+      signature (key None) has the taps as outputs.
     index: the GraphIndex of the input, whose names stay true of every body the rewrite
       edited, because the rewrite only appends nodes; only the appended ones are read.
     origins: {copy: function it was copied from} for the functions the rewrite cloned.
@@ -58,6 +70,14 @@ class _Known:
         return library if self.index is None else collections.ChainMap(self.index.functions,
                                                                         library)
 
+    def registry(self, meta_graph, functions):
+        """The OpRegistry to read outputs with: the index's own, over `functions`, so that
+        an op it has looked up (in TensorFlow's registry, for a GraphDef) is not looked up
+        again; without an index, one from the meta graph's own op list."""
+        if self.index is not None:
+            return self.index.registry.over(functions)
+        return OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
+
     def body(self, name, nodes):
         """The index's _Body that `nodes` (the body of function `name`, None: the outer
         graph) extends by appended nodes only, or None."""
@@ -72,7 +92,7 @@ def _check(meta_graph, objects, signature_keys, known):
     """Checks the functions, call nodes and signatures that `signature_keys` use."""
     graph_def = meta_graph.graph_def
     functions = known.functions(graph_def)
-    registry = OpRegistry(meta_graph.meta_info_def.stripped_op_list.op, functions)
+    registry = known.registry(meta_graph, functions)
     named = {node_of(info.name) for key in signature_keys
              for info in meta_graph.signature_def[key].outputs.values()}
     outer = _outer_nodes(graph_def.node, named, known.body(None, graph_def.node))

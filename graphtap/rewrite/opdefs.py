@@ -46,6 +46,13 @@ class OpRegistry:
         self._fixed_output_counts = {}  # op type -> output count, None if it varies by node
         self._output_arg_fields = {}  # op type -> _output_arg_fields of its OpDef
 
+    def over(self, functions):
+        """A registry of the same op definitions over another function library (one the
+        rewrite extended); the definitions read from TensorFlow's registry are shared."""
+        registry = OpRegistry((), functions)
+        registry._op_defs = self._op_defs
+        return registry
+
     def op_def(self, op_type):
         if op_type in self._functions:  # a function called by name
             return self._functions[op_type].signature

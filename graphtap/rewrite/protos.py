@@ -93,6 +93,7 @@ def _message(full_name):
 SavedModel = _message("tensorflow.SavedModel")
 MetaGraphDef = _message("tensorflow.MetaGraphDef")
 GraphDef = _message("tensorflow.GraphDef")
+SignatureDef = _message("tensorflow.SignatureDef")
 FunctionDef = _message("tensorflow.FunctionDef")
 OpDef = _message("tensorflow.OpDef")
 OpList = _message("tensorflow.OpList")

@@ -1,4 +1,8 @@
-"""Selectors -> the candidates to tap: name regexes and op types, as a union.
+"""Selectors -> the candidates to tap, as a union less exclusions.
+
+A selector is one way of choosing tensors, behind one small interface (Selector): names,
+op types, Keras layers and profiler traces are one class each, and `select` makes the
+union of whatever they pick. A new way of choosing is one new class.
 
 Selector regexes are RE2's (google-re2), never Python's: RE2 matches in time linear in the
 name, whatever the regex, where a backtracking engine can run for ever on a regex like
@@ -6,6 +10,7 @@ name, whatever the regex, where a backtracking engine can run for ever on a rege
 are compiled into one automaton (RE2::Set), which reads a name once however many there are.
 """
 
+import dataclasses
 import difflib
 import functools
 import re
@@ -13,7 +18,10 @@ import re
 import re2
 
 from graphtap import errors
-from graphtap.rewrite.keys import KEY_CHARS
+from graphtap.rewrite import aliases
+from graphtap.rewrite.keys import KEY_CHARS, unique_name
+from graphtap.rewrite.layers import LayerMap
+from graphtap.rewrite.traces import match_trace, trace_files
 
 _RENAME_RE = re.compile(f"^(?P<pattern>.+)=(?P<key>{KEY_CHARS}+)$")
 
@@ -60,6 +68,19 @@ class Prefilter:
     def __init__(self, names=(), ops=()):
         self.ops = frozenset(ops)
         self.regexes = RegexSet([pattern for pattern, _ in names])
+
+    @classmethod
+    def of(cls, selectors):
+        """The Prefilter of `selectors`: the union of their hints; None (every tensor is
+        wanted) if one of them gives none."""
+        names, ops = [], []
+        for selector in selectors:
+            hint = selector.prefilter()
+            if hint is None:
+                return None
+            names += hint.names
+            ops += hint.ops
+        return cls(names, ops)
 
     @property
     def name_matches(self):
@@ -120,36 +141,169 @@ def _compiled_set(patterns):
     return regex_set
 
 
-def select(candidates, names=(), ops=(), exclude=(), picked=()):
-    """Returns [(candidate, key or None)] in candidate order: the union of what `names`
-    and `ops` select and of `picked` ([(candidate, key or None)] that other selectors,
-    Keras layers or a profile, chose), less the tensors whose names an `exclude` regex
-    full-matches.
-    Raises when a selector matches nothing or a selected tensor cannot be tapped."""
-    if not names and not ops and not picked:
+@dataclasses.dataclass(frozen=True)
+class Hint:
+    """What a selector looks for, judged from a node's name and op alone (see Prefilter):
+    name selectors ((pattern, key or None) pairs) and op types."""
+
+    names: tuple = ()
+    ops: tuple = ()
+
+
+@dataclasses.dataclass
+class SelectionContext:
+    """What a selector may read besides the candidates, for one signature.
+
+    index: the GraphIndex the candidates come from.
+    signature: the signature's key (None for a GraphDef).
+    signature_def: its SignatureDef (for a GraphDef, one with no outputs).
+    variable_names: the model's variable names (`dense/kernel`), for Keras layers.
+    already_outputs: [(signature, layer, output key)] of picks dropped because their
+      tensor already is an output of the signature; selectors append to it.
+    """
+
+    index: object = None
+    signature: str = None
+    signature_def: object = None
+    variable_names: tuple = ()
+    already_outputs: list = dataclasses.field(default_factory=list)
+
+
+class Selector:
+    """One way of choosing tensors to tap; `select` makes the union of several."""
+
+    def prefilter(self):
+        """A Hint of the nodes this selector may pick, or None when it must see every
+        tensor (the default)."""
+        return None
+
+    def pick(self, candidates, context):
+        """Yields (candidate, key or None) for the candidates it chooses (a key names the
+        tap's output); raises NoMatch when it chooses none."""
+        raise NotImplementedError
+
+
+class NameSelector(Selector):
+    """Name regexes (RE2), full-matched against candidate names: (pattern, key or None)."""
+
+    def __init__(self, names):
+        self.names = tuple(names)
+
+    def prefilter(self):
+        return Hint(names=self.names)
+
+    def pick(self, candidates, context=None):
+        regexes = RegexSet([pattern for pattern, _ in self.names])
+        for (pattern, key), matched in zip(self.names, regexes.matched(candidates)):
+            if not matched:
+                raise errors.NoMatch(_no_match_message("name", pattern,
+                                                       {c.name for c in candidates}))
+            if key is not None and len({c.tensor_key for c in matched}) > 1:
+                raise errors.BadKey(
+                    f"key '{key}' given to a selector that matches {len(matched)} tensors "
+                    f"({', '.join(sorted({c.name for c in matched})[:3])}, ...)",
+                    pattern,
+                )
+            for candidate in matched:
+                yield candidate, key
+
+
+class OpSelector(Selector):
+    """Op types: every output of every node of these types."""
+
+    def __init__(self, ops):
+        self.ops = tuple(ops)
+
+    def prefilter(self):
+        return Hint(ops=self.ops)
+
+    def pick(self, candidates, context=None):
+        for op in self.ops:
+            matched = [c for c in candidates if c.op == op]
+            if not matched:
+                raise errors.NoMatch(_no_match_message("op", op, {c.op for c in candidates}))
+            for candidate in matched:
+                yield candidate, None
+
+
+class LayerSelector(Selector):
+    """Keras layers by name: each layer's output, keyed by the layer's name (see
+    layers.LayerMap). An output that already is an output of the signature is not picked
+    but recorded in the context's already_outputs."""
+
+    def __init__(self, layers):
+        self.layers = tuple(layers)
+
+    def pick(self, candidates, context):
+        layer_map = LayerMap(context.index, candidates, context.variable_names)
+        picked = layer_map.select(candidates, self.layers)
+        return _new_outputs(context, picked)
+
+
+class ProfileSelector(Selector):
+    """The nodes a profiler trace spent most time in: the `top_k` costliest, or with name
+    selectors, every traced node they match (the name selectors are then this selector's,
+    and match traced nodes only)."""
+
+    def __init__(self, trace_files, names=(), top_k=20):
+        self.trace_files = tuple(trace_files)
+        self.names = tuple(names)
+        self.top_k = top_k
+
+    def pick(self, candidates, context):
+        traced = match_trace(candidates, self.trace_files)
+        if not traced.times:
+            raise errors.NoMatch(
+                f"none of the profile's {traced.op_events} op events maps to a node of "
+                f"signature '{context.signature}': was the profile taken of this model?",
+                self.trace_files[0])
+        tappable = [t.candidate for t in traced.times if not t.candidate.blocked]
+        if not self.names:
+            return [(candidate, None) for candidate in tappable[:self.top_k]]
+        picked = []
+        regexes = RegexSet([pattern for pattern, _ in self.names])
+        for (pattern, key), matched in zip(self.names, regexes.matched(tappable)):
+            if not matched:
+                raise errors.NoMatch(f"name selector '{pattern}' matches no traced node",
+                                     self.trace_files[0])
+            picked += [(c, key) for c in matched]
+        return picked
+
+
+def selectors_from(options):
+    """The selectors a TapOptions asks for, in the order their picks merge: Keras layers,
+    a profile (which takes the name selectors, if any), names, op types. Reads where the
+    profile's trace files are."""
+    found = []
+    if options.layers:
+        found.append(LayerSelector(options.layers))
+    names = options.names
+    if options.profile:
+        found.append(ProfileSelector(trace_files(options.profile), names, options.top_k))
+        names = ()
+    if names:
+        found.append(NameSelector(names))
+    if options.ops:
+        found.append(OpSelector(options.ops))
+    return found
+
+
+def select(candidates, selectors, exclude=(), context=None):
+    """Returns [(candidate, key or None)] in candidate order: the union of what the
+    `selectors` pick, less the tensors whose names an `exclude` regex full-matches.
+    Raises when a selector matches nothing or a selected tensor cannot be tapped; returns
+    [] when nothing is picked only because every pick already is an output (see
+    SelectionContext.already_outputs)."""
+    context = context or SelectionContext()
+    chosen = {}
+    for selector in selectors:
+        for candidate, key in selector.pick(candidates, context):
+            chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
+    if not chosen:
+        if context.already_outputs:
+            return []  # every selected layer's output already is an output
         raise errors.NoMatch("no selector given: pass --tap_name, --tap_op, --tap_layer or "
                              "--tap_profile")
-    chosen = {}
-    for candidate, key in picked:
-        chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
-    name_regexes = RegexSet([pattern for pattern, _ in names])
-    for (pattern, key), matched in zip(names, name_regexes.matched(candidates)):
-        if not matched:
-            raise errors.NoMatch(_no_match_message("name", pattern, {c.name for c in candidates}))
-        if key is not None and len({c.tensor_key for c in matched}) > 1:
-            raise errors.BadKey(
-                f"key '{key}' given to a selector that matches {len(matched)} tensors "
-                f"({', '.join(sorted({c.name for c in matched})[:3])}, ...)",
-                pattern,
-            )
-        for candidate in matched:
-            chosen[candidate] = _merge_key(chosen.get(candidate), key, candidate)
-    for op in ops:
-        matched = [c for c in candidates if c.op == op]
-        if not matched:
-            raise errors.NoMatch(_no_match_message("op", op, {c.op for c in candidates}))
-        for candidate in matched:
-            chosen.setdefault(candidate, None)
     excluded = RegexSet(exclude)
     chosen = {c: k for c, k in chosen.items() if not excluded.any_matches(c.name)}
     if not chosen:
@@ -160,6 +314,28 @@ def select(candidates, names=(), ops=(), exclude=(), picked=()):
                 f"{candidate.op} node '{candidate.name}' is {candidate.blocked}"
             )
     return [(c, chosen[c]) for c in candidates if c in chosen]
+
+
+def _new_outputs(context, picked):
+    """The picks ([(candidate, key)]) whose tensor is not already an output of the
+    signature; the others are added to the context's already_outputs as (signature,
+    layer, key). A key that is an output's key but names another tensor gets a suffix."""
+    if not picked:
+        return picked
+    outputs = aliases.output_tensors(context.index, context.signature_def)
+    taken = set(context.signature_def.outputs)
+    kept = []
+    for candidate, key in picked:
+        output_key = outputs.get(aliases.candidate_ref(candidate))
+        if output_key is not None:
+            context.already_outputs.append((context.signature,
+                                            candidate.layer or key or candidate.name,
+                                            output_key))
+            continue
+        if key is not None and key in taken:
+            key = unique_name(key, taken)
+        kept.append((candidate, key))
+    return kept
 
 
 def compile_regex(pattern):

@@ -8,11 +8,11 @@ from graphtap import errors
 from graphtap.rewrite import aliases, check, control_flow, manifest, model_io, protos, wire
 from graphtap.rewrite.fusion import fusion_warnings
 from graphtap.rewrite.index import GraphIndex, node_of, shape_dims
-from graphtap.rewrite.keys import assign_keys, unique_name
+from graphtap.rewrite.keys import assign_keys
 from graphtap.rewrite.layers import LayerMap
 from graphtap.options import TapOptions
 from graphtap.rewrite.plumbing import SignatureObjects, Tap, TapRewrite, add_signature
-from graphtap.rewrite.selectors import Prefilter, RegexSet, select
+from graphtap.rewrite.selectors import Prefilter, SelectionContext, select, selectors_from
 from graphtap.rewrite.signatures import choose_signatures, meta_graph_position, runnable_signatures
 from graphtap.rewrite.traces import match_trace, trace_files
 
@@ -75,109 +75,154 @@ def tap(input_path, output_path, options=None, **changes):
 
 
 def _tap(input_path, output_path, options):
-    names, ops, exclude, layers = options.names, options.ops, options.exclude, options.layers
-    profile, top_k, loop, overwrite = (options.profile, options.top_k, options.loop,
-                                       options.overwrite)
-    signatures, mode, tag_set = options.signatures, options.mode, options.tag_set
-    tapped_signature = options.tapped_signature
-    name_selectors = list(names)
+    """One pipeline for both inputs: a GraphDef is one unnamed signature (_GraphDefInput)."""
     model = model_io.read(input_path, stubs=True)
-    model_io.check_output([input_path], output_path, overwrite, is_directory=model.is_saved_model)
-    if not model.is_saved_model:
-        if profile:
-            raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
-                                       "GraphDef", model.path)
-        selectors = (name_selectors, ops, exclude, layers)
-        return _tap_graph_def(model, output_path, selectors, overwrite)
-    traces = trace_files(profile) if profile else None
-
-    meta_graph_position = _meta_graph_position(model, tag_set)
-    meta_graph = model.proto.meta_graphs[meta_graph_position]
-    layout = model.layout or (model.data and wire.layout(model.data, meta_graph_position,
-                                                         len(model.proto.meta_graphs)))
-    objects = _objects(meta_graph)
-    keys = _signature_keys(meta_graph, signatures, model.path)
-    index = _index(meta_graph, layout)
-    same_function = {}
-    if signatures is None and mode == "extend":  # add mode makes one new signature
-        same_function = aliases.same_function(index, meta_graph.signature_def, keys[0],
-                                              _signatures(meta_graph))
-        keys += sorted(same_function)
-    check.check_input(meta_graph, objects, keys, model.path, index)
-    sources = {key: key for key in keys}
-    if mode == "add":
-        if tapped_signature and len(keys) > 1:
-            raise errors.BadArgument("tapped_signature names one signature; several were given")
-        keys = [tapped_signature or f"{key}_tapped" for key in sources]
-        sources = dict(zip(keys, sources))
-        for key, source in sources.items():
-            if key not in meta_graph.signature_def:  # else: re-tapping extends it
-                add_signature(meta_graph.graph_def, meta_graph.signature_def, objects, source, key)
-                index.forget(None)  # the outer graph has a node more
+    model_io.check_output([input_path], output_path, options.overwrite,
+                          is_directory=model.is_saved_model)
+    if not model.is_saved_model and options.profile:
+        raise errors.BadArgument("profiles map onto SavedModel signatures; this is a "
+                                 "GraphDef", model.path)
+    selectors = selectors_from(options)
+    source = (_SavedModelInput if model.is_saved_model else _GraphDefInput)(model, options)
+    index = source.index
 
     # Layer outputs and profiled nodes are found among all tensors: no prefilter then.
-    keep = None if layers or profile else Prefilter(name_selectors, ops)
-    variable_names = _variable_names(meta_graph) if layers else ()
+    keep = Prefilter.of(selectors)
     taps, already, already_outputs = [], [], []
-    for key in keys:
+    for key in source.keys:
+        signature_def = source.signature_def(key)
+        context = SelectionContext(index, key, signature_def, source.variable_names,
+                                   already_outputs)
         try:
-            candidates = _candidates(index, meta_graph, objects, key, keep)
-            control_flow.allow_control_flow_taps(index, candidates, loop)
-            picked = (LayerMap(index, candidates, variable_names).select(candidates, layers)
-                      if layers else [])
-            picked = _new_layer_outputs(index, meta_graph.signature_def[key], picked,
-                                        already_outputs, key)
-            names_left = name_selectors
-            if traces:
-                profiled, names_left = _profiled(candidates, traces, name_selectors, top_k, key)
-                picked += profiled
-            if not picked and not names_left and not ops and already_outputs:
-                continue  # every selected layer's output already is an output
-            selected = select(candidates, names_left, ops, exclude, picked)
+            candidates = source.candidates(key, keep)
+            source.allow_control_flow_taps(candidates)
+            selected = select(candidates, selectors, options.exclude, context)
         except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
             if keep is not None:
-                select(_candidates(index, meta_graph, objects, key), name_selectors, ops, exclude)
+                select(source.candidates(key), selectors, options.exclude, context)
             raise
         fresh = _fresh(selected, already)
-        for candidate, tap_key in assign_keys(fresh, meta_graph.signature_def[key].outputs):
+        for candidate, tap_key in assign_keys(fresh, signature_def.outputs):
             taps.append(Tap(key, tap_key, candidate))
     if not taps:
         what = "already tapped" + (" or an output of the signature" if already_outputs else "")
         raise errors.NothingToTap(f"every selected tensor is {what}", model.path)
+    same_function = source.same_function
     warnings = fusion_warnings(index, [t for t in taps if t.signature not in same_function])
-    rewritten = TapRewrite(index, meta_graph.signature_def, objects, loop).apply(taps)
-    check.check_output(meta_graph, objects, keys, index, rewritten.origins,
-                       set(index.functions) - rewritten.edited_in_place)
-    records = [_record(t, sources[t.signature], same_function.get(sources[t.signature]))
+    rewritten = source.rewrite(taps)
+    source.check_output(rewritten)
+    records = [_record(t, source.sources[t.signature],
+                       same_function.get(source.sources[t.signature]))
                for t in rewritten.taps]
-    model_io.write_saved_model(model.proto, model.path, output_path,
-                         {MANIFEST: _manifest(model.path, records)}, overwrite,
-                         layout, rewritten.edits, options.link_variables)
+    source.write(output_path, records, rewritten)
     asked = tuple(r for r in records if r.same_function_as is None)
     return Report(input_path, output_path, asked, tuple(sorted(set(already))),
                   tuple(warnings), tuple(already_outputs), same_function,
                   tuple(r for r in records if r.same_function_as is not None))
 
 
-def _new_layer_outputs(index, signature_def, picked, already_outputs, signature):
-    """The layer picks ([(candidate, layer key)]) whose tensor is not already an output of
-    the signature; the others are added to `already_outputs` as (signature, layer, key).
-    A layer key that is an output's key but names another tensor gets a suffix."""
-    if not picked:
-        return picked
-    outputs = aliases.output_tensors(index, signature_def)
-    taken = set(signature_def.outputs)
-    kept = []
-    for candidate, key in picked:
-        output_key = outputs.get(aliases.candidate_ref(candidate))
-        if output_key is not None:
-            already_outputs.append((signature, candidate.layer or key or candidate.name,
-                                    output_key))
-            continue
-        if key is not None and key in taken:
-            key = unique_name(key, taken)
-        kept.append((candidate, key))
-    return kept
+class _SavedModelInput:
+    """A SavedModel as the pipeline reads it: the meta graph of the tag set, its index,
+    the signatures to tap (in mode "add", the new ones, made here), and how to rewrite,
+    check and write it."""
+
+    def __init__(self, model, options):
+        self.model, self.options = model, options
+        position = _meta_graph_position(model, options.tag_set)
+        self.meta_graph = meta_graph = model.proto.meta_graphs[position]
+        self.layout = model.layout or (model.data and wire.layout(model.data, position,
+                                                                  len(model.proto.meta_graphs)))
+        self.objects = objects = _objects(meta_graph)
+        keys = _signature_keys(meta_graph, options.signatures, model.path)
+        self.index = index = _index(meta_graph, self.layout)
+        # {signature: default signature} tapped too, because they run the same function
+        self.same_function = {}
+        if options.signatures is None and options.mode == "extend":  # add: one new signature
+            self.same_function = aliases.same_function(index, meta_graph.signature_def,
+                                                       keys[0], _signatures(meta_graph))
+            keys += sorted(self.same_function)
+        check.check_input(meta_graph, objects, keys, model.path, index)
+        self.sources = {key: key for key in keys}  # tapped signature -> whose outputs it has
+        if options.mode == "add":
+            tapped_signature = options.tapped_signature
+            if tapped_signature and len(keys) > 1:
+                raise errors.BadArgument("tapped_signature names one signature; several were "
+                                         "given")
+            keys = [tapped_signature or f"{key}_tapped" for key in self.sources]
+            self.sources = dict(zip(keys, self.sources))
+            for key, source in self.sources.items():
+                if key not in meta_graph.signature_def:  # else: re-tapping extends it
+                    add_signature(meta_graph.graph_def, meta_graph.signature_def, objects,
+                                  source, key)
+                    index.forget(None)  # the outer graph has a node more
+        self.keys = keys
+        self.variable_names = _variable_names(meta_graph) if options.layers else ()
+
+    def signature_def(self, key):
+        return self.meta_graph.signature_def[key]
+
+    def candidates(self, key, keep=None):
+        return _candidates(self.index, self.meta_graph, self.objects, key, keep)
+
+    def allow_control_flow_taps(self, candidates):
+        control_flow.allow_control_flow_taps(self.index, candidates, self.options.loop)
+
+    def rewrite(self, taps):
+        return TapRewrite(self.index, self.meta_graph.signature_def, self.objects,
+                          self.options.loop).apply(taps)
+
+    def check_output(self, rewritten):
+        check.check_output(self.meta_graph, self.objects, self.keys, self.index,
+                           rewritten.origins, set(self.index.functions) - rewritten.edited_in_place)
+
+    def write(self, output_path, records, rewritten):
+        model = self.model
+        model_io.write_saved_model(model.proto, model.path, output_path,
+                                   {MANIFEST: _manifest(model.path, records)},
+                                   self.options.overwrite, self.layout, rewritten.edits,
+                                   self.options.link_variables)
+
+
+class _GraphDefInput:
+    """A frozen GraphDef as the pipeline reads it: one unnamed signature (key None) over
+    every tensor, with no outputs of its own; the taps become its outputs, and the output
+    check reads them as such. Taps inside control flow stay refused, as before."""
+
+    keys = (None,)
+    sources = {None: None}
+    variable_names = ()
+
+    def __init__(self, model, options):
+        self.model, self.options = model, options
+        self.layout = model.data and wire.graph_def_layout(model.data)
+        self.index = GraphIndex(model.proto, (), self.layout)
+        self.same_function = {}
+        self._signature_def = protos.SignatureDef()
+
+    def signature_def(self, key):
+        return self._signature_def
+
+    def candidates(self, key, keep=None):
+        return self.index.all_candidates(keep)
+
+    def allow_control_flow_taps(self, candidates):
+        pass  # a GraphDef's taps inside loops and branches stay refused
+
+    def rewrite(self, taps):
+        return TapRewrite(self.index).apply(taps)
+
+    def check_output(self, rewritten):
+        tapped = protos.SignatureDef()
+        for tap in rewritten.taps:
+            tapped.outputs[tap.key].name = tap.tensor
+            tapped.outputs[tap.key].dtype = tap.candidate.dtype
+        graph = check.SignatureGraph(self.model.proto, {None: tapped})
+        check.check_output(graph, None, self.keys, self.index, rewritten.origins,
+                           set(self.index.functions) - rewritten.edited_in_place)
+
+    def write(self, output_path, records, rewritten):
+        model_io.write_graph_def(self.model.proto, self.model.path, output_path,
+                                 self.options.overwrite, self.layout, rewritten.edits)
 
 
 def _signatures(meta_graph):
@@ -188,27 +233,6 @@ def list_targets(input_path, signatures=None, tag_set="serve"):
     """Every tensor that can be tapped: [index.Candidate], in graph order."""
     with errors_about(input_path):
         return _list_targets(input_path, signatures, tag_set)
-
-
-def _profiled(candidates, traces, name_selectors, top_k, signature):
-    """[(candidate, key)] a profile picks, and the name selectors it leaves for `select`:
-    with names, the traced tensors they match (and none are left); else the `top_k`
-    traced tensors that took most time."""
-    traced = match_trace(candidates, traces)
-    if not traced.times:
-        raise errors.NoMatch(
-            f"none of the profile's {traced.op_events} op events maps to a node of signature "
-            f"'{signature}': was the profile taken of this model?", traces[0])
-    tappable = [t.candidate for t in traced.times if not t.candidate.blocked]
-    if not name_selectors:
-        return [(candidate, None) for candidate in tappable[:top_k]], name_selectors
-    picked = []
-    regexes = RegexSet([pattern for pattern, _ in name_selectors])
-    for (pattern, key), matched in zip(name_selectors, regexes.matched(tappable)):
-        if not matched:
-            raise errors.NoMatch(f"name selector '{pattern}' matches no traced node", traces[0])
-        picked += [(c, key) for c in matched]
-    return picked, []
 
 
 def profile_times(input_path, logdir, signature=None, tag_set="serve"):
@@ -298,32 +322,6 @@ def errors_about(input_path):
         if error.where is None:
             raise type(error)(error.what, input_path) from None
         raise
-
-
-def _tap_graph_def(model, output_path, selectors, overwrite):
-    name_selectors, ops, exclude, layers = selectors
-    layout = model.data and wire.graph_def_layout(model.data)
-    index = GraphIndex(model.proto, (), layout)
-    already = []
-    keep = None if layers else Prefilter(name_selectors, ops)
-    try:
-        candidates = index.all_candidates(keep)
-        picked = LayerMap(index, candidates).select(candidates, layers) if layers else []
-        selected = select(candidates, name_selectors, ops, exclude, picked)
-    except errors.NoMatch:  # say so with every tensor's name at hand, for the hints
-        if keep is not None:
-            select(index.all_candidates(), name_selectors, ops, exclude)
-        raise
-    fresh = _fresh(selected, already)
-    if not fresh:
-        raise errors.NothingToTap("every selected tensor is already tapped", model.path)
-    taps = [Tap(None, key, c) for c, key in assign_keys(fresh, ())]
-    warnings = fusion_warnings(index, taps)
-    rewritten = TapRewrite(index).apply(taps)
-    model_io.write_graph_def(model.proto, model.path, output_path, overwrite, layout,
-                       rewritten.edits)
-    records = tuple(_record(t, None) for t in rewritten.taps)
-    return Report(model.path, output_path, records, tuple(sorted(set(already))), tuple(warnings))
 
 
 def _meta_graph(model, tag_set):
