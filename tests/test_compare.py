@@ -16,7 +16,6 @@ from loaders import run_tf2
 
 import graphtap
 from graphtap import errors
-from graphtap.run import dumping
 
 IMAGES = np.random.default_rng(3).standard_normal((24, 16, 16, 3)).astype("float32")
 LAYERS = ["conv", "bn", "relu", "conv_res", "add", "pool", "dense", "probs"]
@@ -190,7 +189,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case):
 
 
 def test_wrong_shape_is_bad_input_in_python(pair):
-    with pytest.raises(dumping.BadInput, match="shape"):
+    with pytest.raises(errors.BadInput, match="shape"):
         graphtap.compare(pair[0], pair[1], {"image": IMAGES[:, :8]})
 
 

@@ -240,7 +240,7 @@ def _run_both(model, other, data, batch_size, max_examples):
             sums.setdefault(key, _Sums()).add(ours[key], theirs[key])
         examples += len(next(iter(batch.values())))
     if not examples:
-        raise dumping.BadInput("no examples to run", model.model_dir)
+        raise errors.BadInput("no examples to run", model.model_dir)
     return sums, examples, only_model, only_other
 
 
@@ -299,12 +299,12 @@ class _TFLiteSide:
 
     def run(self, batch):
         if set(batch) != self.inputs:
-            raise dumping.BadInput(f"takes inputs {', '.join(sorted(self.inputs))}, not "
+            raise errors.BadInput(f"takes inputs {', '.join(sorted(self.inputs))}, not "
                                    f"{', '.join(sorted(batch))}", self.where)
         try:
             return self.runner(**batch)
         except (ValueError, RuntimeError) as error:
-            raise dumping.BadInput(f"TFLite cannot run the batch: {_first_line(error)}",
+            raise errors.BadInput(f"TFLite cannot run the batch: {_first_line(error)}",
                                    self.where) from None
 
 
@@ -325,7 +325,7 @@ class _OnnxSide:
         try:
             values = self.session.run(None, batch)
         except Exception as error:  # noqa: BLE001 (onnxruntime raises its own kinds)
-            raise dumping.BadInput(f"onnxruntime cannot run the batch: {_first_line(error)}",
+            raise errors.BadInput(f"onnxruntime cannot run the batch: {_first_line(error)}",
                                    self.where) from None
         return {name.split(":")[0]: value for name, value in zip(self.names, values)}
 
