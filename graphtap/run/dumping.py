@@ -2,8 +2,10 @@
 (`stats.json`), the values themselves (`.npz`), TensorBoard summaries. Imports TensorFlow.
 
 Memory stays bounded by one batch: `.npy` inputs are read a slice at a time, TFRecords
-stream through tf.data, statistics are folded batch by batch (graphtap.stats), and values
-are appended to files on disk as they come.
+stream through tf.data, statistics are folded batch by batch (graphtap.run.stats), and
+values are appended to files on disk as they come. Each batch's statistics are computed in
+TensorFlow, in one function with the model (stats.graph_partials): only those numbers
+reach Python, unless the values themselves are asked for (npz, TensorBoard).
 """
 
 import json
@@ -21,6 +23,7 @@ from graphtap import errors
 from graphtap.rewrite import manifest, model_io, paths
 from graphtap.run import runtime
 from graphtap.rewrite.signatures import choose_signatures, tags
+from graphtap.run import stats as stats_lib
 from graphtap.run.stats import RunningStats
 
 STATS_FILE = "stats.json"
@@ -71,10 +74,12 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None
         meter = _Progress(_example_count(data, max_examples), enabled=progress)
+        keep_values = save == "npz" or bool(tensorboard)
         for step, batch in enumerate(_batches(data, batch_size, max_examples, runner.specs)):
-            outputs = runner.run(batch)
+            partials, outputs = runner.run_partials(batch, keep_values)
+            for key, part in partials.items():
+                stats.setdefault(key, RunningStats()).merge(part)
             for key, values in outputs.items():
-                stats.setdefault(key, RunningStats()).add(values)
                 if save == "npz" and values.dtype != object:  # tf.string: statistics only
                     if key not in streams:
                         streams[key] = _ArrayStream(staging, key)
@@ -124,14 +129,51 @@ class Runner:
         self.taps = _manifest_keys(model_dir, signature)
         self.model_dir = model_dir
 
+        self._partials = {}  # keep_values: the tf.function of run_partials
+
     def run(self, batch):
+        """{output key: np.ndarray} of one batch."""
+        return {key: value.numpy() for key, value in self.function(**self.feed(batch)).items()}
+
+    def run_partials(self, batch, keep_values=False):
+        """({key: RunningStats of this batch}, {key: np.ndarray}) for one batch: the
+        statistics computed in the graph with the model, and the values of the outputs
+        whose statistics are not (complex numbers, unknown rank), or of every output
+        with `keep_values`."""
+        function = self._partials.get(keep_values)
+        if function is None:
+            function = self._partials[keep_values] = self._partials_function(keep_values)
+        partials, values = function(self.feed(batch))
+        stats = {key: RunningStats.of_graph({k: v.numpy() for k, v in part.items()})
+                 for key, part in partials.items()}
+        values = {key: value.numpy() for key, value in values.items()}
+        for key, value in values.items():
+            if key not in stats:
+                stats[key] = RunningStats.of_values(value)
+        return stats, values
+
+    def _partials_function(self, keep_values):
+        signature = self.function
+
+        def step(feed):
+            outputs = signature(**feed)
+            partials = {key: stats_lib.graph_partials(value) for key, value in outputs.items()
+                        if stats_lib.in_graph(value)}
+            values = {key: value for key, value in outputs.items()
+                      if keep_values or key not in partials}
+            return partials, values
+
+        return self.tf.function(step, input_signature=[dict(self.specs)])
+
+    def feed(self, batch):
+        """{input name: tf.Tensor}, checked against the signature's inputs."""
         feed = {name: self.tf.constant(self.conform(name, values))
                 for name, values in batch.items()}
         missing = sorted(set(self.specs) - set(feed))
         if missing:
             raise BadInput(f"no data for input(s) {', '.join(missing)} of signature "
                            f"'{self.signature_key}'", self.model_dir)
-        return {key: value.numpy() for key, value in self.function(**feed).items()}
+        return feed
 
     def conform(self, name, values):
         spec = self.specs.get(name)
