@@ -3,6 +3,7 @@ printing their results. Imports numpy and TensorFlow; graphtap.cli loads it only
 """
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -53,6 +54,10 @@ def _dump(f):
     sources = [bool(f.inputs), bool(f.inputs_npz), bool(f.tfrecord)]
     if sum(sources) != 1:
         raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
+    if f.runner and not f.tfrecord:
+        raise errors.BadArgument("--runner reads TFRecord shards: give --tfrecord=GLOB")
+    if f.runner and (f.tensorboard or f.max_examples):
+        raise errors.BadArgument("--runner takes neither --tensorboard nor --max_examples")
     if f.tfrecord:
         if not f.feature:
             raise errors.BadArgument("--tfrecord needs --feature")
@@ -69,11 +74,24 @@ def _dump(f):
             raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
     else:
         data = _named_arrays(f, graphtap.NpyFile)  # read a batch at a time
-    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
-                          batch_size=f.batch_size, max_examples=f.max_examples,
-                          save=f.save, tensorboard=f.tensorboard,
-                          overwrite=f.overwrite, tag_set=f.tag_set,
-                          custom_ops=f.custom_ops)
+    if f.runner:
+        if not f["verbosity"].present:  # Beam logs to the root logger, on import too
+            logging.getLogger().setLevel(logging.ERROR)
+        try:
+            from graphtap.run import beam
+        except ImportError as error:
+            raise errors.BadArgument(f"--runner needs Apache Beam (pip install "
+                                     f"'graphtap[beam]'): {error}") from None
+        stats = beam.dump(f.model, f.tfrecord, features, f.out, runner=f.runner,
+                          pipeline_args=f.pipeline_args, signature=f.signature_def,
+                          batch_size=f.batch_size, save=f.save, overwrite=f.overwrite,
+                          tag_set=f.tag_set, custom_ops=f.custom_ops)
+    else:
+        stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
+                              batch_size=f.batch_size, max_examples=f.max_examples,
+                              save=f.save, tensorboard=f.tensorboard,
+                              overwrite=f.overwrite, tag_set=f.tag_set,
+                              custom_ops=f.custom_ops)
     rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])

@@ -163,7 +163,7 @@ class Runner:
                       if keep_values or key not in partials}
             return partials, values
 
-        return self.tf.function(step, input_signature=[dict(self.specs)])
+        return self.tf.function(step, input_signature=[dict(self.specs)], autograph=False)
 
     def feed(self, batch):
         """{input name: tf.Tensor}, checked against the signature's inputs."""
@@ -246,6 +246,18 @@ class TFRecord:
 
         if not os.path.isfile(self.path):
             raise errors.InputNotFound("no such TFRecord file", self.path)
+        parse = self.parser(specs)
+        dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
+        try:
+            yield from dataset.as_numpy_iterator()
+        except tf.errors.OpError as error:
+            raise BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
+                           self.path) from None
+
+    def parser(self, specs):
+        """A function from a batch of serialized tf.Examples to {input: tensor}."""
+        import tensorflow as tf
+
         parsing = {}
         for name, feature in self.features.items():
             spec = specs.get(name)
@@ -263,12 +275,7 @@ class TFRecord:
             parsed = tf.io.parse_example(serialized, {f: p for f, p, _ in parsing.values()})
             return {name: tf.cast(parsed[f], dtype) for name, (f, _, dtype) in parsing.items()}
 
-        dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
-        try:
-            yield from dataset.as_numpy_iterator()
-        except tf.errors.OpError as error:
-            raise BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
-                           self.path) from None
+        return parse
 
 
 def _batches(data, batch_size, max_examples, specs):
