@@ -300,3 +300,6 @@ def test_in_graph_statistics_equal_float64_numpy_on_a_wide_dynamic_range(mixed_o
         else:
             assert "channel_mean" not in s
     assert stats["holes"]["nan_count"] > 0 and stats["holes"]["inf_count"] > 0
+    # Only the batch with NaNs and infinities comes to the host as values.
+    parts, values = dumping.Runner(mixed_outputs_model, None).run_partials({"x": x[:32]})
+    assert sorted(parts) == sorted(expected) and list(values) == ["holes"]

@@ -35,7 +35,9 @@ whole-process time of the `graphtap tap` command for --cli_model against
 (256 examples, batch 32, as in issue #19): plain calls of the tapped signature converting
 every output to numpy; `graphtap.dump(..., save="stats")` whole (loading the model and
 tracing included); dump's loop alone (statistics in the graph, the model loaded once); and
-the statistics folded in numpy on the host from plain calls (what dump did before).
+the statistics folded in numpy on the host from plain calls (what dump did before); and
+plain calls after loading the model with tf.saved_model.load, against which dump whole
+compares.
 
 --breakdown also times, for a SavedModel, a lower bound of any rewrite that writes the
 tap's output from protobuf messages in Python: parse the input's functions that change,
@@ -449,6 +451,13 @@ def dump_throughput(examples=256, batch_size=32):
         for batch in batches:
             runner.run(batch)
 
+    def plain_whole():
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(tapped).signatures["serving_default"]
+        for batch in batches:
+            {key: value.numpy() for key, value in signature(**batch).items()}
+
     def dump_whole():
         graphtap.dump(tapped, {name: graphtap.NpyFile(data)}, os.path.join(FLAGS.workdir,
                       "dump_out"), batch_size=batch_size, overwrite=True, progress=False)
@@ -465,7 +474,9 @@ def dump_throughput(examples=256, batch_size=32):
             for key, values in runner.run(batch).items():
                 stats.setdefault(key, RunningStats()).add(values)
 
-    kinds = {"plain calls, outputs to numpy": plain, "graphtap.dump, whole": dump_whole,
+    kinds = {"plain calls, outputs to numpy": plain,
+             "plain, whole (tf.saved_model.load too)": plain_whole,
+             "graphtap.dump, whole": dump_whole,
              "dump loop, statistics in graph": dump_loop,
              "statistics in numpy on the host": host_numpy}
     for function in kinds.values():  # warm up: tracing, first allocations

@@ -129,7 +129,7 @@ class Runner:
         self.taps = _manifest_keys(model_dir, signature)
         self.model_dir = model_dir
 
-        self._partials = {}  # keep_values: the tf.function of run_partials
+        self._partials = None  # the tf.function of run_partials, traced on first use
 
     def run(self, batch):
         """{output key: np.ndarray} of one batch."""
@@ -137,31 +137,36 @@ class Runner:
 
     def run_partials(self, batch, keep_values=False):
         """({key: RunningStats of this batch}, {key: np.ndarray}) for one batch: the
-        statistics computed in the graph with the model, and the values of the outputs
-        whose statistics are not (complex numbers, unknown rank), or of every output
-        with `keep_values`."""
-        function = self._partials.get(keep_values)
-        if function is None:
-            function = self._partials[keep_values] = self._partials_function(keep_values)
-        partials, values = function(self.feed(batch))
-        stats = {key: RunningStats.of_graph({k: v.numpy() for k, v in part.items()})
-                 for key, part in partials.items()}
-        values = {key: value.numpy() for key, value in values.items()}
-        for key, value in values.items():
-            if key not in stats:
-                stats[key] = RunningStats.of_values(value)
+        statistics computed in the graph with the model, and the values of every output
+        with `keep_values`. The statistics of outputs the graph does not reduce (complex
+        numbers, unknown rank), or of a batch holding NaNs or infinities, are computed
+        from the values with numpy."""
+        if self._partials is None:
+            self._partials = self._partials_function()
+        partials, outputs = self._partials(self.feed(batch))
+        stats, values = {}, {}
+        for key, output in outputs.items():
+            part = partials.get(key)
+            part = part and {name: value.numpy() for name, value in part.items()}
+            if part is None or "finite_sum" in part and not np.isfinite(part["finite_sum"]):
+                values[key] = output.numpy()
+                stats[key] = RunningStats.of_values(values[key])
+            else:
+                stats[key] = RunningStats.of_graph(part)
+            if keep_values and key not in values:
+                values[key] = output.numpy()
         return stats, values
 
-    def _partials_function(self, keep_values):
+    def _partials_function(self):
+        """One tf.function: the signature, and the partial statistics of its outputs
+        (the outputs are returned too, as tensors: on the host only when asked for)."""
         signature = self.function
 
         def step(feed):
             outputs = signature(**feed)
             partials = {key: stats_lib.graph_partials(value) for key, value in outputs.items()
                         if stats_lib.in_graph(value)}
-            values = {key: value for key, value in outputs.items()
-                      if keep_values or key not in partials}
-            return partials, values
+            return partials, outputs
 
         return self.tf.function(step, input_signature=[dict(self.specs)], autograph=False)
 

@@ -164,9 +164,12 @@ def graph_partials(tensor):
     """TensorFlow ops computing the partial of one batch of `tensor` (for which `in_graph`
     holds): a dict of tensors that `RunningStats.of_graph` reads once they are numpy.
 
-    Sums, the mean and M2 are in float64. When every value is finite (the sum of all is),
-    no mask is built; otherwise a second branch counts NaNs and infinities and leaves them
-    out.
+    Sums, the mean and M2 are in float64; min and max in the tensor's dtype (exact). They
+    assume every value is finite, which holds when `finite_sum` (the sum of all values) is
+    finite: when it is not, the caller computes the batch's partial from the values with
+    `RunningStats.of_values` instead, which counts NaNs and infinities and leaves them out.
+    (A branch in the graph for that case, one tf.cond per tensor, made tracing and the
+    first call several times slower for a model with a hundred taps.)
     """
     import tensorflow as tf
 
@@ -182,43 +185,19 @@ def graph_partials(tensor):
     zeros = tf.equal(tf.reshape(tensor, shape_2d), tf.zeros([], tensor.dtype))
     channel_zeros = tf.cast(tf.reduce_sum(tf.cast(zeros, tf.int32), axis=0), tf.int64)
     channel_sum = tf.reduce_sum(flat, axis=0)
-    zero = tf.constant(0, tf.int64)
-
-    def all_finite():
-        count = rows * channels
-        mean = tf.math.divide_no_nan(tf.reduce_sum(channel_sum), tf.cast(count, tf.float64))
-        m2 = tf.reduce_sum(tf.math.squared_difference(flat, mean))
-        exact = flat if tensor.dtype.is_bool else tensor  # min, max: exact in its own dtype
-        low, high = (tf.cast(f(exact), tf.float64) for f in (tf.reduce_min, tf.reduce_max))
-        return (tf.fill(tf.reshape(channels, [1]), rows), channel_sum, count, mean, m2,
-                low, high, zero, zero)
-
-    def some_not_finite():
-        mask = tf.math.is_finite(flat)
-        clean = tf.where(mask, flat, tf.zeros_like(flat))
-        channel_finite = tf.reduce_sum(tf.cast(mask, tf.int64), axis=0)
-        sums = tf.reduce_sum(clean, axis=0)
-        count = tf.reduce_sum(channel_finite)
-        mean = tf.math.divide_no_nan(tf.reduce_sum(sums), tf.cast(count, tf.float64))
-        m2 = tf.reduce_sum(tf.where(mask, tf.math.squared_difference(flat, mean),
-                                    tf.zeros_like(flat)))
-        inf = tf.constant(np.inf, tf.float64)
-        low = tf.reduce_min(tf.where(mask, flat, tf.fill(tf.shape(flat), inf)))
-        high = tf.reduce_max(tf.where(mask, flat, tf.fill(tf.shape(flat), -inf)))
-        nans = tf.reduce_sum(tf.cast(tf.math.is_nan(flat), tf.int64))
-        infs = tf.reduce_sum(tf.cast(tf.math.is_inf(flat), tf.int64))
-        return channel_finite, sums, count, mean, m2, low, high, nans, infs
-
-    if tensor.dtype.is_floating:
-        branches = tf.cond(tf.math.is_finite(tf.reduce_sum(channel_sum)), all_finite,
-                           some_not_finite)
-    else:
-        branches = all_finite()
-    names = ("channel_finite", "channel_sum", "finite", "mean", "m2", "min", "max", "nans",
-             "infs")
-    partial = dict(zip(names, branches), shape=shape, zeros=tf.reduce_sum(channel_zeros),
-                   channel_zeros=channel_zeros)
-    if rank < 2:
-        for name in ("channel_finite", "channel_sum", "channel_zeros"):
-            del partial[name]
+    count = rows * channels
+    total = tf.reduce_sum(channel_sum)
+    mean = tf.math.divide_no_nan(total, tf.cast(count, tf.float64))
+    exact = flat if tensor.dtype.is_bool else tensor  # min, max: exact in its own dtype
+    partial = {
+        "shape": shape, "finite": count, "finite_sum": total, "mean": mean,
+        "m2": tf.reduce_sum(tf.math.squared_difference(flat, mean)),
+        "min": tf.cast(tf.reduce_min(exact), tf.float64),
+        "max": tf.cast(tf.reduce_max(exact), tf.float64),
+        "zeros": tf.reduce_sum(channel_zeros), "nans": tf.constant(0, tf.int64),
+        "infs": tf.constant(0, tf.int64),
+    }
+    if rank >= 2:
+        partial.update(channel_finite=tf.fill(tf.reshape(channels, [1]), rows),
+                       channel_sum=channel_sum, channel_zeros=channel_zeros)
     return partial
