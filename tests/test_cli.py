@@ -231,7 +231,7 @@ def test_list_filter_json_and_tap_exclude(keras_lstm, tmp_path):
 def test_an_internal_error_is_one_line_unless_verbose(keras_cnn, tmp_path):
     """A bug (simulated: the index fails) is reported in one line; --verbosity shows it all."""
     path, _ = keras_cnn
-    code = ("import sys, graphtap.index as index, graphtap.cli as cli\n"
+    code = ("import sys, graphtap.rewrite.index as index, graphtap.cli as cli\n"
             "def broken(*args, **kwargs): raise KeyError('simulated')\n"
             "index.GraphIndex.candidates_from = broken\n"
             "sys.argv = ['graphtap', *sys.argv[1:]]\ncli.run()\n")
