@@ -6,6 +6,7 @@
     graphtap profile --input=DIR --logdir=DIR [--inputs=NAME=FILE.npy] [--runs=10] [--top_k=20]
     graphtap dump --model=DIR --inputs=NAME=FILE.npy | --inputs_npz=FILE.npz |
         --tfrecord=FILE --feature=NAME --out=DIR [--save=stats|npz] [--tensorboard=DIR]
+        [--runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner BEAM_OPTIONS...]
     graphtap compare --model=TAPPED_DIR --against=tflite|tflite_dynamic|tflite_float16|
         tflite_int8|onnx|PATH (data flags as for dump) --out=DIR [--rtol=1e-4]
 
@@ -97,6 +98,15 @@ def _define_dump(fv):
     _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
     _define_tag_set(fv)
     _define_custom_ops(fv)
+    flags.DEFINE_enum("runner", None, ["DirectRunner", "DataflowRunner", "FlinkRunner",
+                                       "SparkRunner"],
+                      "Run as an Apache Beam pipeline on this runner (the `beam` extra): "
+                      "--tfrecord is then a glob of shards, --save=npz writes values-*.npz "
+                      "keyed by example id, and flags graphtap does not know are passed to "
+                      "Beam as pipeline options (--direct_num_workers=2, --project=...).",
+                      flag_values=fv)
+    flags.DEFINE_multi_string("pipeline_args", [], "Beam pipeline options (with --runner); "
+                              "unknown flags land here.", flag_values=fv)
 
 
 def _define_streamed_data(fv):
@@ -254,10 +264,14 @@ def _parse(argv):
     if any(arg in _HELP_FLAGS for arg in argv[2:]):
         print(f"usage: graphtap {verb} --flag=value ...\n\n{f.get_help()}")
         sys.exit(0)
-    try:
-        rest = f([f"graphtap {verb}", *argv[2:]])
+    beam = verb == "dump" and any(arg.startswith("--runner=") for arg in argv[2:])
+    try:  # with --runner, flags graphtap does not know are Beam's pipeline options
+        rest = f([f"graphtap {verb}", *argv[2:]], known_only=beam)
     except flags.Error as error:
         _fail(str(error))
+    if beam:
+        f.pipeline_args = f.pipeline_args + [arg for arg in rest[1:] if arg.startswith("--")]
+        rest = [rest[0], *(arg for arg in rest[1:] if not arg.startswith("--"))]
     if len(rest) > 1:
         _fail(f"unexpected argument '{rest[1]}' (flags are --name=value)")
     flags.FLAGS.mark_as_parsed()  # absl's logging asks whether flags were parsed

@@ -284,3 +284,61 @@ def test_tf1_builder_model_with_two_meta_graphs(tf1_builder, tmp_path):
         np.testing.assert_allclose(stats[key]["mean"], values.astype(np.float64).mean(), rtol=1e-6)
     with pytest.raises(errors.CorruptModel, match="tags 'nope' could not be found"):
         graphtap.dump(path, {"x": x}, str(tmp_path / "other"), tag_set="nope")
+
+
+@pytest.fixture(scope="module")
+def mixed_outputs_model(tmp_path_factory):
+    """A SavedModel whose outputs are float32 around 1e4 with a spread of 0.01 (where a
+    float32 sum of squares loses every digit of the variance), that with NaNs and
+    infinities, integers, booleans, a rank-1 output and strings."""
+
+    class Mixed(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 50, 4], tf.float32, name="x")])
+        def serve(self, x):
+            wide = 1e4 + x * 0.01
+            holes = tf.where(x > 2.5, np.nan, tf.where(x < -2.5, -np.inf, x))
+            return {"wide": wide, "holes": holes, "ints": tf.cast(x * 100, tf.int32),
+                    "flags": x > 0, "rows": tf.reduce_sum(wide, axis=[1, 2]),
+                    "text": tf.strings.as_string(x[:, 0, 0])}
+
+    module = Mixed()
+    path = str(tmp_path_factory.mktemp("mixed") / "model")
+    tf.saved_model.save(module, path, signatures=module.serve)
+    return path
+
+
+def test_in_graph_statistics_equal_float64_numpy_on_a_wide_dynamic_range(mixed_outputs_model,
+                                                                          tmp_path):
+    x = np.random.default_rng(3).standard_normal((203, 50, 4)).astype("float32")
+    stats = graphtap.dump(mixed_outputs_model, {"x": x}, str(tmp_path / "acts"), batch_size=32,
+                          progress=False)
+    expected = run_tf2(mixed_outputs_model, "serving_default", {"x": x})
+    wide = expected["wide"].astype(np.float64)
+    naive = np.float32(np.mean(np.square(expected["wide"], dtype=np.float32), dtype=np.float32)
+                       - np.square(np.mean(expected["wide"], dtype=np.float32)))
+    assert not np.isclose(np.sqrt(max(naive, 0)), wide.std(), rtol=0.1)  # the trap is real
+    for key, values in expected.items():
+        s = stats[key]
+        assert s["count"] == values.size and s["example_shape"] == list(values.shape[1:])
+        if key == "text":
+            assert s["mean"] is None and s["zero_fraction"] is None
+            continue
+        values = values.astype(np.float64)
+        finite = values[np.isfinite(values)]
+        np.testing.assert_allclose([s["mean"], s["std"]], [finite.mean(), finite.std()],
+                                   rtol=1e-9)
+        assert [s["min"], s["max"]] == [finite.min(), finite.max()]
+        assert s["zero_fraction"] == np.count_nonzero(values == 0) / values.size
+        assert [s["nan_count"], s["inf_count"]] == [np.isnan(values).sum(), np.isinf(values).sum()]
+        if values.ndim >= 2:
+            channels = values.reshape(-1, values.shape[-1])
+            mask = np.isfinite(channels)
+            np.testing.assert_allclose(
+                s["channel_mean"], np.where(mask, channels, 0).sum(0) / mask.sum(0), rtol=1e-9)
+            assert s["channel_zero_fraction"] == (channels == 0).mean(axis=0).tolist()
+        else:
+            assert "channel_mean" not in s
+    assert stats["holes"]["nan_count"] > 0 and stats["holes"]["inf_count"] > 0
+    # Only the batch with NaNs and infinities comes to the host as values.
+    parts, values = dumping.Runner(mixed_outputs_model, None).run_partials({"x": x[:32]})
+    assert sorted(parts) == sorted(expected) and list(values) == ["holes"]

@@ -35,6 +35,15 @@ whole-process time of the `graphtap tap` command for --cli_model against
 apart), then times the comparison phase of graphtap.compare against that file over
 --compare_examples examples against running both models alone on the same batches
 (the SavedModel signature and the TFLite signature runner, already loaded), alternated.
+    python tools/bench.py --dump --repeats=5   # dump's throughput against plain inference
+
+--dump times, alternated in this process, on DenseNet121 at 64x64 with every Relu tapped
+(256 examples, batch 32, as in issue #19): plain calls of the tapped signature converting
+every output to numpy; `graphtap.dump(..., save="stats")` whole (loading the model and
+tracing included); dump's loop alone (statistics in the graph, the model loaded once); and
+the statistics folded in numpy on the host from plain calls (what dump did before); and
+plain calls after loading the model with tf.saved_model.load, against which dump whole
+compares.
 
 --breakdown also times, for a SavedModel, a lower bound of any rewrite that writes the
 tap's output from protobuf messages in Python: parse the input's functions that change,
@@ -73,6 +82,8 @@ flags.DEFINE_string("compare", None, "Instead of the tables: the cost of graphta
                     "against running both models, for this model.")
 flags.DEFINE_integer("compare_examples", 64, "Examples --compare runs.")
 flags.DEFINE_integer("compare_batch", 16, "Batch size of --compare.")
+flags.DEFINE_bool("dump", False, "Instead of the tables: dump's throughput against plain "
+                  "inference (see above).")
 FLAGS = flags.FLAGS
 
 APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
@@ -424,8 +435,82 @@ def lower_bound(tapped, changed):
             "write the output": time.perf_counter() - written}
 
 
+def dump_throughput(examples=256, batch_size=32):
+    """Examples per second of plain inference, dump and the host-side statistics."""
+    import numpy as np
+
+    from graphtap.run import dumping
+    from graphtap.run.stats import RunningStats
+
+    model = os.path.join(FLAGS.workdir, "densenet121_64")
+    tapped = os.path.join(FLAGS.workdir, "densenet121_64_relu")
+    if not os.path.exists(os.path.join(model, "saved_model.pb")):
+        subprocess.run([sys.executable, "-c", "import keras; keras.applications.DenseNet121("
+                        f"weights=None, input_shape=(64, 64, 3)).export({model!r}, "
+                        "verbose=False)"], check=True, capture_output=True, env=ENV)
+    if not os.path.exists(os.path.join(tapped, "saved_model.pb")):
+        graphtap.tap(model, tapped, ops=["Relu"])
+    runner = dumping.Runner(tapped, None)
+    (name,) = runner.specs
+    images = np.random.default_rng(0).standard_normal((examples, 64, 64, 3)).astype("float32")
+    data = os.path.join(FLAGS.workdir, "densenet121_64.npy")
+    np.save(data, images)
+    batches = [{name: images[i:i + batch_size]} for i in range(0, examples, batch_size)]
+
+    def plain():
+        for batch in batches:
+            runner.run(batch)
+
+    def plain_whole():
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(tapped).signatures["serving_default"]
+        for batch in batches:
+            {key: value.numpy() for key, value in signature(**batch).items()}
+
+    def dump_whole():
+        graphtap.dump(tapped, {name: graphtap.NpyFile(data)}, os.path.join(FLAGS.workdir,
+                      "dump_out"), batch_size=batch_size, overwrite=True, progress=False)
+
+    def dump_loop():
+        stats = {}
+        for batch in batches:
+            for key, part in runner.run_partials(batch)[0].items():
+                stats.setdefault(key, RunningStats()).merge(part)
+
+    def host_numpy():
+        stats = {}
+        for batch in batches:
+            for key, values in runner.run(batch).items():
+                stats.setdefault(key, RunningStats()).add(values)
+
+    kinds = {"plain calls, outputs to numpy": plain,
+             "plain, whole (tf.saved_model.load too)": plain_whole,
+             "graphtap.dump, whole": dump_whole,
+             "dump loop, statistics in graph": dump_loop,
+             "statistics in numpy on the host": host_numpy}
+    for function in kinds.values():  # warm up: tracing, first allocations
+        function()
+    times = {label: [] for label in kinds}
+    for _ in range(FLAGS.repeats):
+        for label, function in kinds.items():
+            start = time.perf_counter()
+            function()
+            times[label].append(time.perf_counter() - start)
+    plain_s = statistics.median(times["plain calls, outputs to numpy"])
+    print(f"DenseNet121 64x64, {len(runner.taps)} Relu taps, {examples} examples, batch "
+          f"{batch_size}: examples/s, median (min-max) of {FLAGS.repeats} alternated runs")
+    rows = [[label, f"{examples / statistics.median(t):.1f} ({examples / max(t):.1f}-"
+             f"{examples / min(t):.1f})", f"{plain_s / statistics.median(t):.2f}"]
+            for label, t in times.items()]
+    print_table(("", "examples/s", "x plain"), rows)
+
+
 def main(_):
     os.makedirs(FLAGS.workdir, exist_ok=True)
+    if FLAGS.dump:
+        dump_throughput()
+        return
     if FLAGS.breakdown:
         breakdown(FLAGS.breakdown)
         return
@@ -518,7 +603,7 @@ def compare_cost(name):
     (input_name, spec), = model.specs.items()  # noqa: B018
     shape = [FLAGS.compare_examples, *spec.shape[1:]]
     data = {input_name: np.random.default_rng(0).standard_normal(shape).astype("float32")}
-    batches = list(dumping._batches(data, FLAGS.compare_batch, None, model.specs))
+    batches = list(dumping.stream_batches(data, FLAGS.compare_batch, None, model.specs))
 
     def both():
         """Both models loaded afresh (not timed), as compare loads them, then run."""

@@ -3,6 +3,7 @@ printing their results. Imports numpy and TensorFlow; graphtap.cli loads it only
 """
 
 import contextlib
+import logging
 import os
 import sys
 
@@ -50,12 +51,14 @@ def _named_arrays(f, read, flag="inputs"):
 def _dump(f):
     require(f, "model")
     require(f, "out")
-    data = _streamed_data(f)
-    stats = graphtap.dump(f.model, data, f.out, signature=f.signature_def,
-                          batch_size=f.batch_size, max_examples=f.max_examples,
-                          save=f.save, tensorboard=f.tensorboard,
-                          overwrite=f.overwrite, tag_set=f.tag_set,
-                          custom_ops=f.custom_ops)
+    if f.runner:
+        stats = _dump_on_beam(f)
+    else:
+        stats = graphtap.dump(f.model, _streamed_data(f), f.out, signature=f.signature_def,
+                              batch_size=f.batch_size, max_examples=f.max_examples,
+                              save=f.save, tensorboard=f.tensorboard,
+                              overwrite=f.overwrite, tag_set=f.tag_set,
+                              custom_ops=f.custom_ops)
     rows = [(key, "tap" if s["is_tap"] else "output", s["count"], _number(s["mean"]),
              _number(s["std"]), _number(s["min"]), _number(s["max"]),
              _number(s["zero_fraction"]), s["nan_count"], s["inf_count"])
@@ -64,6 +67,32 @@ def _dump(f):
         print_table(("key", "kind", "count", "mean", "std", "min", "max", "zero frac", "NaN",
                       "Inf"), rows)
         print(f"wrote {f.out}")
+
+
+def _dump_on_beam(f):
+    """dump --runner: the pipeline on Apache Beam, over TFRecord shards."""
+    if not f.tfrecord or f.inputs or f.inputs_npz:
+        raise errors.BadArgument("--runner reads TFRecord shards: give --tfrecord=GLOB only")
+    if f.tensorboard or f.max_examples:
+        raise errors.BadArgument("--runner takes neither --tensorboard nor --max_examples")
+    if not f["verbosity"].present:  # Beam logs to the root logger, on import too
+        logging.getLogger().setLevel(logging.ERROR)
+    try:
+        from graphtap.run import beam
+    except ImportError as error:
+        raise errors.BadArgument(f"--runner needs Apache Beam (pip install "
+                                 f"'graphtap[beam]'): {error}") from None
+    return beam.dump(f.model, f.tfrecord, _features(f), f.out, runner=f.runner,
+                     pipeline_args=f.pipeline_args, signature=f.signature_def,
+                     batch_size=f.batch_size, save=f.save, overwrite=f.overwrite,
+                     tag_set=f.tag_set, custom_ops=f.custom_ops)
+
+
+def _features(f):
+    """{input: tf.Example feature} from --feature INPUT=FEATURE (or FEATURE alone)."""
+    if not f.feature:
+        raise errors.BadArgument("--tfrecord needs --feature")
+    return dict(spec.partition("=")[::2] if "=" in spec else (spec, spec) for spec in f.feature)
 
 
 def _compare(f):
@@ -112,10 +141,7 @@ def _streamed_data(f):
     if sum(sources) != 1:
         raise errors.BadArgument("give the data one way: --inputs, --inputs_npz or --tfrecord")
     if f.tfrecord:
-        if not f.feature:
-            raise errors.BadArgument("--tfrecord needs --feature")
-        features = dict(f.partition("=")[::2] if "=" in f else (f, f) for f in f.feature)
-        data = graphtap.TFRecord(f.tfrecord, features)
+        data = graphtap.TFRecord(f.tfrecord, _features(f))
     elif f.inputs_npz:
         if not os.path.isfile(f.inputs_npz):
             raise errors.InputNotFound("no such input file", f.inputs_npz)

@@ -104,7 +104,7 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
     """
     if batch_size < 1:
         raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
-    inputs = [model_dir, *dumping._data_paths(data)]
+    inputs = [model_dir, *dumping.data_paths(data)]
     if not isinstance(against, str):
         raise errors.BadArgument("against must be a kind or a path")
     if against not in KINDS:
@@ -227,7 +227,7 @@ def _run_both(model, other, data, batch_size, max_examples):
     sums = {}
     examples = 0
     only_model = only_other = None
-    for batch in dumping._batches(data, batch_size, max_examples, model.specs):
+    for batch in dumping.stream_batches(data, batch_size, max_examples, model.specs):
         batch = {name: model.conform(name, values) for name, values in batch.items()}
         ours = model.run(batch)
         theirs = other.run(batch)
@@ -391,7 +391,7 @@ def _convert_tflite(model, kind, data, batch_size, representative):
 def _examples(model, data, batch_size):
     """{input: a batch of one} for the converter's calibration."""
     left = REPRESENTATIVE_EXAMPLES
-    for batch in dumping._batches(data, batch_size, REPRESENTATIVE_EXAMPLES, model.specs):
+    for batch in dumping.stream_batches(data, batch_size, REPRESENTATIVE_EXAMPLES, model.specs):
         batch = {name: model.conform(name, values) for name, values in batch.items()}
         for i in range(len(next(iter(batch.values())))):
             if left <= 0:

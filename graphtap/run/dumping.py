@@ -2,8 +2,10 @@
 (`stats.json`), the values themselves (`.npz`), TensorBoard summaries. Imports TensorFlow.
 
 Memory stays bounded by one batch: `.npy` inputs are read a slice at a time, TFRecords
-stream through tf.data, statistics are folded batch by batch (graphtap.stats), and values
-are appended to files on disk as they come.
+stream through tf.data, statistics are folded batch by batch (graphtap.run.stats), and
+values are appended to files on disk as they come. Each batch's statistics are computed in
+TensorFlow, in one function with the model (stats.graph_partials): only those numbers
+reach Python, unless the values themselves are asked for (npz, TensorBoard).
 """
 
 import json
@@ -21,6 +23,7 @@ from graphtap import errors
 from graphtap.rewrite import manifest, model_io, paths
 from graphtap.run import runtime
 from graphtap.rewrite.signatures import choose_signatures, tags
+from graphtap.run import stats as stats_lib
 from graphtap.run.stats import RunningStats
 
 STATS_FILE = "stats.json"
@@ -40,7 +43,7 @@ def activations(model_dir, data, signature=None, batch_size=64, max_examples=Non
       ops (runtime.load_custom_ops).
     """
     runner = Runner(model_dir, signature, tag_set, custom_ops)
-    for batch in _batches(data, batch_size, max_examples, runner.specs):
+    for batch in stream_batches(data, batch_size, max_examples, runner.specs):
         yield runner.run(batch)
 
 
@@ -57,7 +60,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     """
     if save not in ("stats", "npz"):
         raise errors.BadArgument(f"save must be 'stats' or 'npz', not '{save}'")
-    inputs = [model_dir, *_data_paths(data)]
+    inputs = [model_dir, *data_paths(data)]
     model_io.check_output(inputs, out_dir, overwrite, mark=STATS_FILE)  # before TensorFlow loads
     for source in inputs if tensorboard else ():
         paths.check_not_inside(source, tensorboard)
@@ -67,10 +70,12 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None
         meter = _Progress(_example_count(data, max_examples), enabled=progress)
-        for step, batch in enumerate(_batches(data, batch_size, max_examples, runner.specs)):
-            outputs = runner.run(batch)
+        keep_values = save == "npz" or bool(tensorboard)
+        for step, batch in enumerate(stream_batches(data, batch_size, max_examples, runner.specs)):
+            partials, outputs = runner.run_partials(batch, keep_values)
+            for key, part in partials.items():
+                stats.setdefault(key, RunningStats()).merge(part)
             for key, values in outputs.items():
-                stats.setdefault(key, RunningStats()).add(values)
                 if save == "npz" and values.dtype != object:  # tf.string: statistics only
                     if key not in streams:
                         streams[key] = _ArrayStream(staging, key)
@@ -93,7 +98,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
     return result
 
 
-def _data_paths(data):
+def data_paths(data):
     """The files `data` (as `activations` takes it) reads, as far as they are known."""
     if isinstance(data, TFRecord):
         return [data.path]
@@ -120,14 +125,56 @@ class Runner:
         self.taps = _manifest_keys(model_dir, signature)
         self.model_dir = model_dir
 
+        self._partials = None  # the tf.function of run_partials, traced on first use
+
     def run(self, batch):
+        """{output key: np.ndarray} of one batch."""
+        return {key: value.numpy() for key, value in self.function(**self.feed(batch)).items()}
+
+    def run_partials(self, batch, keep_values=False):
+        """({key: RunningStats of this batch}, {key: np.ndarray}) for one batch: the
+        statistics computed in the graph with the model, and the values of every output
+        with `keep_values`. The statistics of outputs the graph does not reduce (complex
+        numbers, unknown rank), or of a batch holding NaNs or infinities, are computed
+        from the values with numpy."""
+        if self._partials is None:
+            self._partials = self._partials_function()
+        partials, outputs = self._partials(self.feed(batch))
+        stats, values = {}, {}
+        for key, output in outputs.items():
+            part = partials.get(key)
+            part = part and {name: value.numpy() for name, value in part.items()}
+            if part is None or "finite_sum" in part and not np.isfinite(part["finite_sum"]):
+                values[key] = output.numpy()
+                stats[key] = RunningStats.of_values(values[key])
+            else:
+                stats[key] = RunningStats.of_graph(part)
+            if keep_values and key not in values:
+                values[key] = output.numpy()
+        return stats, values
+
+    def _partials_function(self):
+        """One tf.function: the signature, and the partial statistics of its outputs
+        (the outputs are returned too, as tensors: on the host only when asked for)."""
+        signature = self.function
+
+        def step(feed):
+            outputs = signature(**feed)
+            partials = {key: stats_lib.graph_partials(value) for key, value in outputs.items()
+                        if stats_lib.in_graph(value)}
+            return partials, outputs
+
+        return self.tf.function(step, input_signature=[dict(self.specs)], autograph=False)
+
+    def feed(self, batch):
+        """{input name: tf.Tensor}, checked against the signature's inputs."""
         feed = {name: self.tf.constant(self.conform(name, values))
                 for name, values in batch.items()}
         missing = sorted(set(self.specs) - set(feed))
         if missing:
             raise errors.BadInput(f"no data for input(s) {', '.join(missing)} of signature "
                                   f"'{self.signature_key}'", self.model_dir)
-        return {key: value.numpy() for key, value in self.function(**feed).items()}
+        return feed
 
     def conform(self, name, values):
         spec = self.specs.get(name)
@@ -202,6 +249,18 @@ class TFRecord:
 
         if not os.path.isfile(self.path):
             raise errors.InputNotFound("no such TFRecord file", self.path)
+        parse = self.parser(specs)
+        dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
+        try:
+            yield from dataset.as_numpy_iterator()
+        except tf.errors.OpError as error:
+            raise errors.BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
+                           self.path) from None
+
+    def parser(self, specs):
+        """A function from a batch of serialized tf.Examples to {input: tensor}."""
+        import tensorflow as tf
+
         parsing = {}
         for name, feature in self.features.items():
             spec = specs.get(name)
@@ -220,15 +279,10 @@ class TFRecord:
             parsed = tf.io.parse_example(serialized, {f: p for f, p, _ in parsing.values()})
             return {name: tf.cast(parsed[f], dtype) for name, (f, _, dtype) in parsing.items()}
 
-        dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
-        try:
-            yield from dataset.as_numpy_iterator()
-        except tf.errors.OpError as error:
-            raise errors.BadInput(f"cannot read tf.Examples: {error.message.splitlines()[0]}",
-                                  self.path) from None
+        return parse
 
 
-def _batches(data, batch_size, max_examples, specs):
+def stream_batches(data, batch_size, max_examples, specs):
     """{input: array} batches of at most `batch_size` examples, `max_examples` in all."""
     if batch_size < 1:
         raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
