@@ -298,17 +298,25 @@ def _run(verb, f):
 
 
 # Library errors name no flags; the command adds the flag that answers them.
-_FLAG_HINTS = {
-    (errors.OutputExists, "output exists"): "output exists; pass --overwrite to replace it",
-    (errors.UnknownSignature, "choose a signature"): "choose a signature with --signature_def",
-}
+_FLAG_HINTS = (
+    (errors.OutputExists, "output exists", "output exists; pass --overwrite to replace it"),
+    (errors.UnknownSignature, "choose a signature", "choose a signature with --signature_def"),
+    (errors.NotTappable, "tap with loop 'stack' or 'last'", "pass --loop=stack|last"),
+    (errors.NotTappable, "leave it out with exclude", "leave it out with --exclude"),
+    (errors.NoMatch, "no selector given: give names, ops, layers or a profile",
+     "no selector given: pass --tap_name, --tap_op, --tap_layer or --tap_profile"),
+    (errors.BadInput, "(save statistics only)", "(use --save=stats)"),
+    (errors.GraphtapError, "give real ones", "give real ones with --inputs or --inputs_npz"),
+)
 
 
 def _with_flag_hint(error):
-    for (kind, start), replacement in _FLAG_HINTS.items():
-        if isinstance(error, kind) and error.what.startswith(start):
-            return kind(replacement + error.what[len(start):], error.where)
-    return error
+    """`error` with the library's words for an option replaced by the command's flag."""
+    what = error.what
+    for kind, library, command in _FLAG_HINTS:
+        if isinstance(error, kind):
+            what = what.replace(library, command)
+    return error if what == error.what else type(error)(what, error.where)
 
 
 def _fail(message, kind="error"):

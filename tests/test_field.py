@@ -247,9 +247,12 @@ def test_verify_names_a_generated_input_the_model_rejects(tmp_path):
     from graphtap.run.verification import verify
 
     with pytest.raises(graphtap.errors.GraphtapError,
-                       match=r"rejects the generated input\(s\) count .*--inputs") as raised:
+                       match=r"rejects the generated input\(s\) count .*give real ones") as raised:
         verify(path, out)
-    assert "\n" not in str(raised.value)
+    assert "\n" not in str(raised.value) and "--" not in str(raised.value)  # names no flag
+    from graphtap import cli  # the command adds the flags that answer it
+
+    assert "with --inputs or --inputs_npz" in str(cli._with_flag_hint(raised.value))
     assert verify(path, out, inputs={"count": np.array([1, 2], "int32")}).ok
 
 

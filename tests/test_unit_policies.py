@@ -170,6 +170,11 @@ def test_cli_adds_the_flag_that_answers_a_library_error():
     assert str(error) == "output exists; pass --overwrite to replace it (out)"
     error = cli._with_flag_hint(errors.UnknownSignature("choose a signature: a, b", "m"))
     assert error.what == "choose a signature with --signature_def: a, b"
+    error = cli._with_flag_hint(errors.NotTappable(
+        "inside 'body'; tap with loop 'stack' or 'last' for its value, or leave it out with "
+        "exclude"))
+    assert error.what == ("inside 'body'; pass --loop=stack|last for its value, or leave it "
+                          "out with --exclude")
     untouched = errors.NoMatch("nothing", "x")
     assert cli._with_flag_hint(untouched) is untouched
 

@@ -50,7 +50,7 @@ class Candidate:
 
     @property
     def name(self):
-        """The name `--tap_name` matches: `node` for output 0, else `node:k`."""
+        """The name a name selector matches: `node` for output 0, else `node:k`."""
         return self.node if self.output == 0 else f"{self.node}:{self.output}"
 
     @property
@@ -364,12 +364,12 @@ class GraphIndex:
                     where = f"function '{function}'" if function else "the graph"
                     kind = kind_of_op(body.ops[i])
                     in_loop = kind is not None and attr_name == kind.loop_body_attr
-                    loop_hint = ", pass --loop=stack|last for its value at every (or the last) " \
-                        "iteration" if in_loop else ""
+                    loop_hint = ", tap with loop 'stack' or 'last' for its value at every (or " \
+                        "the last) iteration" if in_loop else ""
                     reason = blocked or (
                         f"inside '{callee}', the '{attr_name}' of {body.ops[i]} node '{name}' in "
                         f"{where}; tap the outputs of '{name}' instead{loop_hint}, or leave it "
-                        "out with --exclude"
+                        "out with exclude"
                     )
                 yield callee, calls + (Call(function, name, callee),), reason, active
 

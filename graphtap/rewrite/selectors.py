@@ -302,8 +302,7 @@ def select(candidates, selectors, exclude=(), context=None):
     if not chosen:
         if context.already_outputs:
             return []  # every selected layer's output already is an output
-        raise errors.NoMatch("no selector given: pass --tap_name, --tap_op, --tap_layer or "
-                             "--tap_profile")
+        raise errors.NoMatch("no selector given: give names, ops, layers or a profile")
     excluded = RegexSet(exclude)
     chosen = {c: k for c, k in chosen.items() if not excluded.any_matches(c.name)}
     if not chosen:

@@ -340,7 +340,7 @@ class _ArrayStream:
             raise errors.BadInput(f"output '{self.key}' changes from "
                                   f"{self._dtype}{self._example_shape} to "
                                   f"{values.dtype}{values.shape[1:]} per example between "
-                                  "batches; its values cannot be stacked (use --save=stats)")
+                                  "batches; its values cannot be stacked (save statistics only)")
         if self._file is None or self._bytes + values.nbytes > SHARD_BYTES and self._rows:
             self._finish_shard()
             self._start_shard()

@@ -85,8 +85,7 @@ def verify(original_dir, tapped_dir, inputs=None, runs=1, tag_set="serve", seed=
                 message = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
                 raise errors.GraphtapError(
                     f"signature '{source}' rejects the generated input(s) "
-                    f"{', '.join(generated)} ({message}): give real ones (--inputs, "
-                    "--inputs_npz)", original_dir) from None
+                    f"{', '.join(generated)} ({message}): give real ones", original_dir) from None
             try:
                 got = tapped.run(path, signature, feed)
             except Exception as error:  # noqa: BLE001 (TensorFlow raises many kinds)
