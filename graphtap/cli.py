@@ -93,11 +93,7 @@ def _define_dump(fv):
     flags.DEFINE_string("tensorboard", None, "Also write TensorBoard summaries (a histogram and "
                         "scalars per output, one step a batch) to this log directory.",
                         flag_values=fv)
-    flags.DEFINE_bool("overwrite", False, "Replace an existing output that graphtap wrote.",
-                      flag_values=fv)
-    _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")
-    _define_tag_set(fv)
-    _define_custom_ops(fv)
+    _define_run_output(fv)
     flags.DEFINE_enum("runner", None, ["DirectRunner", "DataflowRunner", "FlinkRunner",
                                        "SparkRunner"],
                       "Run as an Apache Beam pipeline on this runner (the `beam` extra): "
@@ -138,6 +134,11 @@ def _define_compare(fv):
     flags.DEFINE_multi_string("representative", [], "NAME=FILE.npy: calibration data for "
                               "tflite_int8 (default: the compared data). Repeatable.",
                               flag_values=fv)
+    _define_run_output(fv)
+
+
+def _define_run_output(fv):
+    """The flags of a verb that runs a signature and writes an output (dump, compare)."""
     flags.DEFINE_bool("overwrite", False, "Replace an existing output that graphtap wrote.",
                       flag_values=fv)
     _define_signature_def(fv, "Signature to run (default: serving_default, or the only one).")

@@ -10,8 +10,7 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import child_env
-from keras import layers
+from conftest import _load_make_testdata, child_env
 from loaders import run_tf2
 
 import graphtap
@@ -23,17 +22,8 @@ KEYS = LAYERS[:-1] + ["output_0"]  # probs's output is output_0 already: not tap
 
 
 def small_cnn(weights=None):
-    """The keras_cnn architecture, every layer named, so two builds share their names."""
-    inputs = keras.Input(shape=(16, 16, 3), name="image")
-    x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
-    x = layers.BatchNormalization(name="bn")(x)
-    x = layers.ReLU(name="relu")(x)
-    y = layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_res")(x)
-    x = layers.Add(name="add")([x, y])
-    x = layers.GlobalAveragePooling2D(name="pool")(x)
-    x = layers.Dense(16, activation="relu", name="dense")(x)
-    outputs = layers.Dense(4, activation="softmax", name="probs")(x)
-    model = keras.Model(inputs, outputs, name="cnn")
+    """The keras_cnn architecture (every layer named, so two builds share their names)."""
+    model = _load_make_testdata().cnn_architecture()
     if weights is not None:
         model.set_weights(weights)
     return model

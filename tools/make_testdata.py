@@ -30,10 +30,21 @@ def _seed():
 
 def keras_cnn(export_dir):
     """Keras 3 functional CNN with BatchNorm and a residual add, exported with `model.export`."""
+    _seed()
+    model = cnn_architecture()
+    # Non-trivial BatchNorm statistics, so that the moving averages matter.
+    bn = model.get_layer("bn")
+    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 8).astype("float32"))
+    bn.moving_variance.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
+    model.export(export_dir, verbose=False)
+    return model
+
+
+def cnn_architecture():
+    """keras_cnn's architecture, every layer named, with fresh weights."""
     import keras
     from keras import layers
 
-    _seed()
     inputs = keras.Input(shape=(16, 16, 3), name="image")
     x = layers.Conv2D(8, 3, padding="same", name="conv")(inputs)
     x = layers.BatchNormalization(name="bn")(x)
@@ -43,13 +54,7 @@ def keras_cnn(export_dir):
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     x = layers.Dense(16, activation="relu", name="dense")(x)
     outputs = layers.Dense(4, activation="softmax", name="probs")(x)
-    model = keras.Model(inputs, outputs, name="cnn")
-    # Non-trivial BatchNorm statistics, so that the moving averages matter.
-    bn = model.get_layer("bn")
-    bn.moving_mean.assign(np.linspace(-0.5, 0.5, 8).astype("float32"))
-    bn.moving_variance.assign(np.linspace(0.5, 2.0, 8).astype("float32"))
-    model.export(export_dir, verbose=False)
-    return model
+    return keras.Model(inputs, outputs, name="cnn")
 
 
 def keras_lstm(export_dir):
