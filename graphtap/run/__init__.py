@@ -6,7 +6,9 @@
     stats         statistics of activations: partials computed in the graph or with numpy,
                   merged batch by batch (one merge)
     beam          dump as an Apache Beam pipeline (the `beam` extra; imports apache_beam)
+    compare       compare: a tapped model against its TFLite/ONNX conversion or another
+                  SavedModel, tap by tap, in graph order
     profiling     profile: a signature under TensorFlow's profiler
     export        save a Keras model or tf.Module and tap it, in one call
-    commands      the command's verify, dump and profile verbs
+    commands      the command's verify, dump, profile and compare verbs
 """
