@@ -111,7 +111,7 @@ class _Body:
     """One body's node names, ops and function references, read from the protobuf once:
     reading a field of a protobuf message costs far more than reading a Python list."""
 
-    def __init__(self, function, nodes, functions):
+    def __init__(self, function, nodes, functions, registry):
         self.function = function
         # A list, not the repeated field: it keeps one Python object per node alive,
         # where the container would make a new one on every access.
@@ -119,6 +119,7 @@ class _Body:
         # Not the index itself: a reference back would be a cycle, which keeps every node
         # alive until the next garbage collection.
         self._functions = functions
+        self._registry = registry
 
     @functools.cached_property
     def ops(self):
@@ -143,12 +144,13 @@ class _Body:
         """{node position: [(attr name, function name, is a call)]} for every node that
         refers to a function: by a call op's `f`, by running it as its op type (attr name
         None), or through another func attr (a While's `body`, an If's branches, ...)."""
-        functions = self._functions
+        functions, may_refer = self._functions, self._registry.may_refer_to_functions
         found = {}
         for i, (node, op) in enumerate(zip(self.nodes, self.ops)):
             kind = kind_of_op(op)
             call_attrs = kind.call_attrs if kind is not None else ()
-            refs = [(attr, name, attr in call_attrs) for attr, name in function_attrs(node)]
+            refs = ([(attr, name, attr in call_attrs) for attr, name in function_attrs(node)]
+                    if may_refer(op) else [])
             if op in functions:
                 refs.append((None, op, True))
             if refs:
@@ -236,7 +238,7 @@ class GraphIndex:
         body = self._bodies.get(function)
         if body is None:
             body = self._bodies[function] = _Body(function, self.body_nodes(function),
-                                                  self.functions)
+                                                  self.functions, self.registry)
         return body
 
     def forget(self, function):

@@ -25,12 +25,15 @@ from absl import logging
 
 from graphtap import errors
 from graphtap.rewrite import protos
+from graphtap.rewrite.op_kinds import kind_of_op
 
 # The most outputs a node may have. An attr (`num` of an Unpack, `num_split` of a Split)
 # says how many: a number a model can make as large as it likes, where every output costs
 # graphtap (and TensorFlow, which builds an edge per output) memory and time. No real op
 # comes near a million outputs; a million Output records take about 100 MB.
 MAX_OUTPUTS = 1 << 20
+
+_FUNC_TYPES = frozenset({"func", "list(func)"})
 
 # One output tensor of a node: `arg` and `index` name it inside a function body
 # (`node:arg:index`); its position in the node's flat output list names it in a graph.
@@ -45,6 +48,7 @@ class OpRegistry:
         self._functions = functions or {}
         self._fixed_output_counts = {}  # op type -> output count, None if it varies by node
         self._output_arg_fields = {}  # op type -> _output_arg_fields of its OpDef
+        self._may_refer = {}  # op type -> may_refer_to_functions
 
     def over(self, functions):
         """A registry of the same op definitions over another function library (one the
@@ -60,6 +64,21 @@ class OpRegistry:
         if op_def is None:
             op_def = self._op_defs[op_type] = _registered_op_def(op_type)
         return op_def
+
+    def may_refer_to_functions(self, op_type):
+        """Whether a node of this op may hold a `func` or `list(func)` attr: yes for an op
+        that runs functions, no for one whose definition at hand has no such attr, and yes
+        for one with no definition at hand (its attr values are then read: a model lists no
+        OpDef for ops used only inside control flow). Decided once per op type, so that the
+        attrs of the many nodes that cannot refer to a function are never read."""
+        found = self._may_refer.get(op_type)
+        if found is None:
+            if kind_of_op(op_type) is not None or not self.defines(op_type):
+                found = True
+            else:
+                found = any(attr.type in _FUNC_TYPES for attr in self.op_def(op_type).attr)
+            self._may_refer[op_type] = found
+        return found
 
     def defines(self, op_type):
         """Whether the op's definition is at hand: in the model, or already read from
