@@ -243,18 +243,19 @@ class TapRewrite:
         for tap in taps:
             c = tap.candidate
             identity = identities[c.function][(c.node, c.output)]
-            tap = dataclasses.replace(tap, identity=identity,
-                                      function=clones.get(c.function, c.function))
             if not c.calls:
-                placed.append(dataclasses.replace(tap, tensor=f"{identity}:0"))
-                continue
-            index = out_index[c.function][("local", c.node, c.output)]
-            for call in reversed(c.calls[1:]):
-                index = out_index[call.caller][("call", call.node, index)]
-            tensor = f"{c.calls[0].node}:{index}"
-            if self.signature_defs is None:  # a GraphDef: give the tap a node of its own
-                tensor = self._outer_identity(tap, tensor, outer_names)
-            placed.append(dataclasses.replace(tap, tensor=tensor))
+                tensor = f"{identity}:0"
+            else:
+                index = out_index[c.function][("local", c.node, c.output)]
+                for call in reversed(c.calls[1:]):
+                    index = out_index[call.caller][("call", call.node, index)]
+                tensor = f"{c.calls[0].node}:{index}"
+                if self.signature_defs is None:  # a GraphDef: give the tap a node of its own
+                    tensor = self._outer_identity(tap, tensor, outer_names)
+            # Built directly: dataclasses.replace inspects the fields on every call, which
+            # shows on thousands of taps.
+            placed.append(Tap(tap.signature, tap.key, c, tensor, identity,
+                              clones.get(c.function, c.function)))
         if self.signature_defs is not None:
             placed = self._update_signatures(placed, clones)
         return RewriteResult(
@@ -468,8 +469,9 @@ class TapRewrite:
                 self.objects.point_at(key, clones[wrapper])
             self.objects.add_outputs(key, signature_taps)
             self._sort_outputs(key)
-        return [dataclasses.replace(tap, tensor=self.signature_defs[tap.signature]
-                                    .outputs[tap.key].name) for tap in taps]
+        return [Tap(tap.signature, tap.key, tap.candidate,
+                    self.signature_defs[tap.signature].outputs[tap.key].name, tap.identity,
+                    tap.function) for tap in taps]
 
     def _sort_outputs(self, key):
         """Puts the signature function's outputs in sorted-key order (see module doc)."""
