@@ -224,7 +224,7 @@ def remove_abandoned(destination, protect=()):
             if not paths.tree_holds(root, protected):
                 _remove_staging(root, lock_fd)
                 continue
-        except OSError:
+        except OSError:  # it vanished, or cannot be read: left as it is
             pass
         os.close(lock_fd)
 
