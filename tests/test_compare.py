@@ -72,11 +72,12 @@ def test_scaled_kernel_diverges_first_at_its_layer(pair, other, tmp_path):
     theirs = run_tf2(pair[1], "serving_default", {"image": IMAGES})
     for tap in result.taps:
         a, b = ours[tap.key].astype(np.float64), theirs[tap.key].astype(np.float64)
-        assert tap.rel_l2 == pytest.approx(rel_l2(a, b), rel=1e-9, abs=1e-15), tap.key
-        assert tap.max_abs == pytest.approx(np.abs(a - b).max(), rel=1e-12), tap.key
-        assert tap.mean_abs == pytest.approx(np.abs(a - b).mean(), rel=1e-9), tap.key
+        # float32 sums of each chunk (compare._Sums): within 1e-6 of float64's
+        assert tap.rel_l2 == pytest.approx(rel_l2(a, b), rel=1e-6, abs=1e-15), tap.key
+        assert tap.max_abs == pytest.approx(np.abs(a - b).max(), rel=1e-7), tap.key
+        assert tap.mean_abs == pytest.approx(np.abs(a - b).mean(), rel=1e-6), tap.key
         cosine = (a.ravel() @ b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b))
-        assert tap.cosine == pytest.approx(cosine, rel=1e-9), tap.key
+        assert tap.cosine == pytest.approx(cosine, rel=1e-6), tap.key
     assert 1e-3 < result.taps[keys.index("conv_res")].rel_l2 < 0.02
     written = json.loads((tmp_path / "out" / "compare.json").read_text())
     assert written["first_divergence"] == "conv_res"

@@ -611,7 +611,7 @@ def compare_cost(name):
         other = compare._model_file_side(tflite)
         start = time.perf_counter()
         for batch in batches:
-            model.run(batch)
+            model.run_views(batch)
             other.run(batch)
         return time.perf_counter() - start
 

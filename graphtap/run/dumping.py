@@ -131,6 +131,11 @@ class Runner:
         """{output key: np.ndarray} of one batch."""
         return {key: value.numpy() for key, value in self.function(**self.feed(batch)).items()}
 
+    def run_views(self, batch):
+        """{output key: read-only np.ndarray} of one batch, sharing the tensors' memory
+        (`run` copies them, which costs as much as a small model)."""
+        return {key: np.asarray(value) for key, value in self.function(**self.feed(batch)).items()}
+
     def run_partials(self, batch, keep_values=False):
         """({key: RunningStats of this batch}, {key: np.ndarray}) for one batch: the
         statistics computed in the graph with the model, and the values of every output
