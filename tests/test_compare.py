@@ -194,26 +194,114 @@ def test_onnx_agrees_within_1e_4(pair):
     assert max(t.rel_l2 for t in result.taps) < 1e-4
 
 
-def test_int8_error_grows_with_depth(tmp_path):
-    """Full-integer MobileNetV2: every tap differs, and more in the last third of the
-    graph than in the first."""
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """(MobileNetV2 (weights=None, 96x96, alpha 0.35) with every Relu6 tapped, its
+    input's name, 16 images)."""
+    root = tmp_path_factory.mktemp("mobilenet")
     # In a child: a Keras application built here would take the layer names that the
     # session's mobilenet_v2 fixture expects (Keras numbers repeated names).
     subprocess.run([sys.executable, "-c", "import sys, keras; keras.applications.MobileNetV2("
                     "weights=None, input_shape=(96, 96, 3), alpha=0.35).export(sys.argv[1], "
-                    "verbose=False)", str(tmp_path / "mobilenet")],
+                    "verbose=False)", str(root / "mobilenet")],
                    check=True, capture_output=True, env=child_env(), timeout=300)
-    tapped = str(tmp_path / "tapped")
-    graphtap.tap(str(tmp_path / "mobilenet"), tapped, ops=["Relu6"])
+    tapped = str(root / "tapped")
+    graphtap.tap(str(root / "mobilenet"), tapped, ops=["Relu6"])
     (name,) = run_tf2_input_names(tapped)
     images = np.random.default_rng(4).uniform(-1, 1, (16, 96, 96, 3)).astype("float32")
-    result = graphtap.compare(tapped, "tflite_int8", {name: images}, batch_size=8)
+    return tapped, name, images
+
+
+def mobilenet_taps(mobilenet, against):
+    tapped, name, images = mobilenet
+    result = graphtap.compare(tapped, against, {name: images}, batch_size=8)
     taps = [t for t in result.taps if t.is_tap]
-    assert len(taps) == 35 and result.missing == []
-    assert all(t.rel_l2 > 0 for t in taps)
+    assert len(taps) == 35 and result.missing == [] and result.examples == 16
+    return result, taps
+
+
+def thirds(taps):
+    """Mean rel_l2 of the first and of the last third of the taps in graph order."""
     third = len(taps) // 3
-    first, last = taps[:third], taps[-third:]
-    assert np.mean([t.rel_l2 for t in last]) > np.mean([t.rel_l2 for t in first])
+    return (np.mean([t.rel_l2 for t in taps[:third]]),
+            np.mean([t.rel_l2 for t in taps[-third:]]))
+
+
+def test_mobilenet_against_float_tflite_agrees_at_every_tap(mobilenet):
+    result, taps = mobilenet_taps(mobilenet, "tflite")
+    assert result.first_divergence is None
+    assert all(t.within_tolerance and t.rel_l2 < 1e-5 for t in result.taps)
+
+
+def test_mobilenet_dynamic_range_quantization_differs_where_weights_are_quantized(mobilenet):
+    """Dynamic range quantization stores large kernels in int8 (small ones stay float):
+    the early small convolutions agree to float rounding, the later ones differ by
+    quantization error, which grows with depth, all within the quantized tolerance."""
+    result, taps = mobilenet_taps(mobilenet, "tflite_dynamic")
+    assert result.first_divergence is None and result.tolerance == 0.1
+    assert taps[0].rel_l2 < 1e-5
+    assert sum(t.rel_l2 > 1e-3 for t in taps) >= len(taps) // 2
+    first, last = thirds(taps)
+    assert last > first
+
+
+def test_mobilenet_float16_weights_differ_by_float16_rounding(mobilenet):
+    result, taps = mobilenet_taps(mobilenet, "tflite_float16")
+    assert result.first_divergence is None
+    # float16 keeps about 3 decimal digits: more than float32's rounding, far less than int8
+    assert all(1e-5 < t.rel_l2 < 1e-2 for t in taps)
+
+
+def test_mobilenet_int8_error_grows_with_depth(mobilenet):
+    """Full-integer MobileNetV2: every tap differs, and more in the last third of the
+    graph than in the first."""
+    result, taps = mobilenet_taps(mobilenet, "tflite_int8")
+    assert all(t.rel_l2 > 0 for t in taps)
+    first, last = thirds(taps)
+    assert last > first
+
+
+def test_int8_calibrates_on_representative_data(pair, tmp_path):
+    """int8 calibrated on data 100x smaller than what it runs on clips every activation:
+    far larger errors than calibrating on the data itself. The CLI's --representative
+    gives the same figures as the Python argument."""
+    model = pair[0]
+    own = graphtap.compare(model, "tflite_int8", {"image": IMAGES}, batch_size=8)
+    shrunk = {"image": IMAGES * 0.01}
+    skewed = graphtap.compare(model, "tflite_int8", {"image": IMAGES}, batch_size=8,
+                              representative=shrunk)
+    assert [t.key for t in own.taps] == [t.key for t in skewed.taps] == KEYS
+    assert all(0 < t.rel_l2 for t in own.taps if t.is_tap)
+    assert own.taps[-1].rel_l2 < 0.1  # calibrated on its own data: quantization error only
+    assert skewed.taps[-1].rel_l2 > 3 * own.taps[-1].rel_l2
+    np.save(tmp_path / "images.npy", IMAGES)
+    np.save(tmp_path / "shrunk.npy", shrunk["image"])
+    out = tmp_path / "out"
+    result = cli(f"--model={model}", "--against=tflite_int8", f"--out={out}",
+                 f"--inputs=image={tmp_path / 'images.npy'}", "--batch_size=8",
+                 f"--representative=image={tmp_path / 'shrunk.npy'}")
+    assert result.returncode in (0, 1), result.stderr
+    written = json.loads((out / "compare.json").read_text())
+    assert [t["rel_l2"] for t in written["taps"]] == pytest.approx(
+        [t.rel_l2 for t in skewed.taps], rel=1e-6)
+
+
+def test_tfrecord_data_gives_the_figures_of_the_same_arrays(pair, tmp_path):
+    import tensorflow as tf
+
+    record = str(tmp_path / "images.tfrecord")
+    with tf.io.TFRecordWriter(record) as writer:
+        for image in IMAGES:
+            feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
+            example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
+            writer.write(example.SerializeToString())
+    from_records = graphtap.compare(pair[0], pair[1], graphtap.TFRecord(record,
+                                                                        {"image": "pixels"}),
+                                    batch_size=10)
+    from_arrays = graphtap.compare(pair[0], pair[1], {"image": IMAGES}, batch_size=10)
+    assert from_records.examples == from_arrays.examples == len(IMAGES)
+    assert from_records.first_divergence == "conv_res"
+    assert [t.as_json() for t in from_records.taps] == [t.as_json() for t in from_arrays.taps]
 
 
 def run_tf2_input_names(model_dir):
