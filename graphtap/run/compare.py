@@ -204,6 +204,7 @@ class _Sums:
         rel_l2 = _ratio(math.sqrt(self.dd), math.sqrt(self.aa))
         norms = math.sqrt(self.aa) * math.sqrt(self.bb)
         cosine = self.ab / norms if norms else (1.0 if self.aa == self.bb else 0.0)
+        cosine = min(1.0, max(-1.0, cosine))  # the sums' rounding may step just past 1
         if self.dd == 0:
             sqnr = math.inf
         elif self.aa == 0:
