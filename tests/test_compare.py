@@ -233,6 +233,15 @@ def test_mobilenet_against_float_tflite_agrees_at_every_tap(mobilenet):
     assert all(t.within_tolerance and t.rel_l2 < 1e-5 for t in result.taps)
 
 
+@pytest.mark.compat("tf2onnx + onnxruntime")
+def test_mobilenet_against_onnx_agrees_within_1e_4(mobilenet):
+    pytest.importorskip("tf2onnx")
+    pytest.importorskip("onnxruntime")
+    result, taps = mobilenet_taps(mobilenet, "onnx")
+    assert result.first_divergence is None
+    assert max(t.rel_l2 for t in result.taps) < 1e-4
+
+
 def test_mobilenet_dynamic_range_quantization_differs_where_weights_are_quantized(mobilenet):
     """Dynamic range quantization stores large kernels in int8 (small ones stay float):
     the early small convolutions agree to float rounding, the later ones differ by
