@@ -3,7 +3,9 @@ against TensorFlow runs of both sides and numpy's norms."""
 
 import importlib.util
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -108,6 +110,18 @@ def test_tflite_file_of_another_model_is_refused(keras_cnn, tmp_path):
     (tmp_path / "other.tflite").write_bytes(converter.convert())
     with pytest.raises(errors.BadArgument, match="none of the model's taps"):
         graphtap.compare(tapped, str(tmp_path / "other.tflite"), {"image": IMAGES})
+
+
+def test_progress_is_logged_as_dump_logs_it(pair, caplog):
+    """Away from a terminal, progress is a log line (a bar on a terminal, as dump)."""
+    with caplog.at_level(logging.INFO, logger="absl"):
+        graphtap.compare(pair[0], pair[1], {"image": IMAGES}, batch_size=10)
+    assert any(re.fullmatch(r"graphtap compare: 24 examples in [0-9.]+ s", r.getMessage())
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="absl"):
+        graphtap.compare(pair[0], pair[1], {"image": IMAGES}, progress=False)
+    assert not any("graphtap compare" in r.getMessage() for r in caplog.records)
 
 
 def test_partly_tapped_other_model_is_tapped_for_the_rest(pair, tmp_path):

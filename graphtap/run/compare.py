@@ -90,7 +90,7 @@ class Comparison:
 
 def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=64,
             max_examples=None, rtol=1e-4, max_rel_l2=0.1, representative=None,
-            overwrite=False, tag_set="serve", custom_ops=(), plot=True):
+            overwrite=False, tag_set="serve", custom_ops=(), plot=True, progress=True):
     """Runs the tapped SavedModel `model_dir` and `against` on the same batches of `data`
     and returns a Comparison; with `out_dir`, also writes compare.json there (and
     compare.png when matplotlib is installed and `plot`).
@@ -105,6 +105,7 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
     rtol: the largest rel_l2 within tolerance for float sides; max_rel_l2 that for the
       quantized kinds.
     representative: {input name: array} for int8 calibration.
+    progress: a bar on a terminal, log lines otherwise, as dump shows.
     """
     if batch_size < 1:
         raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
@@ -128,8 +129,9 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
         other = _other_side(model, records, against, data, batch_size, representative,
                             scratch, tag_set, custom_ops)
         converted = time.perf_counter()
+        meter = dumping.Progress(dumping.example_count(data, max_examples), progress, "compare")
         sums, examples, only_model, only_other = _run_both(model, other, data, batch_size,
-                                                           max_examples)
+                                                           max_examples, meter)
         ran = time.perf_counter()
     order = graph_order(model_dir, model.signature_key, tag_set)
     tap_keys = {r["key"] for r in records}
@@ -235,7 +237,7 @@ def _ratio(numerator, denominator):
     return 0.0 if numerator == 0 else math.inf
 
 
-def _run_both(model, other, data, batch_size, max_examples):
+def _run_both(model, other, data, batch_size, max_examples, meter):
     sums = {}
     examples = 0
     only_model = only_other = None
@@ -250,7 +252,10 @@ def _run_both(model, other, data, batch_size, max_examples):
             if ours[key].dtype == object:  # strings: nothing to measure
                 continue
             sums.setdefault(key, _Sums()).add(ours[key], theirs[key])
-        examples += len(next(iter(batch.values())))
+        count = len(next(iter(batch.values())))
+        examples += count
+        meter.update(count)
+    meter.done()
     if not examples:
         raise errors.BadInput("no examples to run", model.model_dir)
     return sums, examples, only_model, only_other

@@ -69,7 +69,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
         stats = {}
         streams = {}
         summaries = _Summaries(staging) if tensorboard else None
-        meter = _Progress(_example_count(data, max_examples), enabled=progress)
+        meter = Progress(example_count(data, max_examples), progress, "dump")
         keep_values = save == "npz" or bool(tensorboard)
         for step, batch in enumerate(stream_batches(data, batch_size, max_examples, runner.specs)):
             partials, outputs = runner.run_partials(batch, keep_values)
@@ -320,7 +320,7 @@ def _slices(arrays, batch_size):
                for name, values in arrays.items()}
 
 
-def _example_count(data, max_examples):
+def example_count(data, max_examples):
     """How many examples `data` will give, when it can be told without reading it."""
     total = len(next(iter(data.values()))) if isinstance(data, dict) and data else None
     if max_examples is not None:
@@ -450,11 +450,13 @@ def _histogram(values, buckets):
     return np.stack([edges[:-1], edges[1:], counts.astype(np.float64)], axis=1)
 
 
-class _Progress:
-    """A bar on a terminal, a log line now and then otherwise."""
+class Progress:
+    """Examples run so far by `graphtap VERB`: a bar on a terminal, a log line now and
+    then otherwise."""
 
-    def __init__(self, total, enabled=True):
+    def __init__(self, total, enabled=True, verb="dump"):
         self.total, self.done_count = total, 0
+        self.verb = verb
         self.terminal = enabled and sys.stderr.isatty()
         self.enabled = enabled
         self.start = self.last_log = time.monotonic()
@@ -471,12 +473,13 @@ class _Progress:
                 sys.stderr.write(f"\r{self.done_count} examples")
             sys.stderr.flush()
         elif self.enabled and now - self.last_log >= 10:
-            logging.info("graphtap dump: %d examples, %.0f s", self.done_count, now - self.start)
+            logging.info("graphtap %s: %d examples, %.0f s", self.verb, self.done_count,
+                         now - self.start)
             self.last_log = now
 
     def done(self):
         if self.terminal:
             sys.stderr.write("\n")
         elif self.enabled:
-            logging.info("graphtap dump: %d examples in %.1f s", self.done_count,
+            logging.info("graphtap %s: %d examples in %.1f s", self.verb, self.done_count,
                          time.monotonic() - self.start)
