@@ -170,14 +170,20 @@ def test_cli_writes_compare_json_and_exits_1_on_divergence(pair, tmp_path):
         assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("case", ["not_a_model", "wrong_shape", "out_inside_model"])
+@pytest.mark.parametrize("case", ["not_a_model", "another_model", "wrong_shape",
+                                  "out_inside_model"])
 def test_cli_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case):
+    import tensorflow as tf
+
     np.save(tmp_path / "images.npy", IMAGES)
     np.save(tmp_path / "small.npy", IMAGES[:, :8, :8])
     (tmp_path / "junk.tflite").write_bytes(b"not a model at all")
     against, data, out = pair[1], tmp_path / "images.npy", tmp_path / "out"
     if case == "not_a_model":
         against = tmp_path / "junk.tflite"
+    elif case == "another_model":  # converted from the untapped model: none of the taps
+        against = tmp_path / "untapped.tflite"
+        against.write_bytes(tf.lite.TFLiteConverter.from_saved_model(pair[2]).convert())
     elif case == "wrong_shape":
         data = tmp_path / "small.npy"
     else:
@@ -188,6 +194,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(pair, tmp_path, case):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("graphtap: error: ")
     assert {"not_a_model": "not a SavedModel directory, .tflite or .onnx model",
+            "another_model": "has none of the model's taps",
             "wrong_shape": "has shape (8, 8, 3) per example",
             "out_inside_model": "output is the input or lies inside it"}[case] in last
     assert not os.path.exists(out)
