@@ -29,7 +29,8 @@ def run_profile(model_dir, logdir, inputs=None, signature=None, runs=10, batch_s
     writes the trace to `logdir`. inputs: {name: array}; the others are random, of the
     signature's dtypes and shapes, `batch_size` examples (unknown dimensions: 1).
     custom_ops: modules and `.so` files defining the model's custom ops, loaded first.
-    tag_set: tags of the meta graph to run, comma-separated. Imports TensorFlow; inter-op parallelism is 1, so that no two ops' times overlap."""
+    tag_set: tags of the meta graph to run, comma-separated. Imports TensorFlow;
+    inter-op parallelism is 1, so that no two ops' times overlap."""
     import numpy as np
     import tensorflow as tf
 
