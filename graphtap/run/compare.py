@@ -249,7 +249,7 @@ def _run_both(model, other, data, batch_size, max_examples):
             if ours[key].dtype == object:  # strings: nothing to measure
                 continue
             sums.setdefault(key, _Sums()).add(ours[key], theirs[key])
-        examples += len(next(iter(batch.values())))
+        examples += dumping.batch_length(batch)
     if not examples:
         raise errors.BadInput("no examples to run", model.model_dir)
     return sums, examples, only_model, only_other
@@ -404,11 +404,12 @@ def _examples(model, data, batch_size):
     left = REPRESENTATIVE_EXAMPLES
     for batch in dumping.stream_batches(data, batch_size, REPRESENTATIVE_EXAMPLES, model.specs):
         batch = {name: model.conform(name, values) for name, values in batch.items()}
-        for i in range(len(next(iter(batch.values())))):
+        for i in range(dumping.batch_length(batch)):
             if left <= 0:
                 return
             left -= 1
-            yield {name: values[i:i + 1] for name, values in batch.items()}
+            yield {name: values if not values.ndim else values[i:i + 1]
+                   for name, values in batch.items()}
 
 
 def _tf2onnx(model_dir, signature, output, tag_set):
