@@ -388,7 +388,10 @@ def test_scalar_inputs_that_cannot_be_fed_are_bad_input_naming_them(scalar_input
     cases = [(mixed, {"x": np.float32(1), "scale": np.float32(2)}, "input 'x' is a scalar"),
              (mixed, {"x": x, "scale": np.ones(6, "float32")},
               "input 'scale' is a scalar in the signature"),
-             (alone, {"scale": np.float32(2)}, "every input is a scalar: scale")]
+             (alone, {"scale": np.float32(2)}, "every input is a scalar: scale"),
+             (mixed, graphtap.TFRecord(str(tmp_path / "empty.tfrecord"), ["x", "scale"]),
+              "input 'scale' is a scalar in the signature.*no tf.Example feature")]
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
     for number, (model, data, message) in enumerate(cases):
         with pytest.raises(errors.BadInput, match=message):
             graphtap.dump(model, data, str(tmp_path / f"acts{number}"), progress=False)
