@@ -108,3 +108,10 @@ def test_an_output_number_that_is_not_ascii_digits_is_a_corrupt_model(position, 
     with pytest.raises(errors.CorruptModel, match="output 'logits' is no tensor name"):
         graphtap.tap(str(model), str(tmp_path / "out"), ops=["Relu"])
     assert not (tmp_path / "out").exists()
+
+
+def test_output_numbers_are_one_to_ten_ascii_digits():
+    from graphtap.rewrite.index import output_number
+
+    assert [output_number(t) for t in ("0", "12", "0123456789")] == [0, 12, 123456789]
+    assert {output_number(t) for t in ("", "²", "١", "9" * 11, "1_0", "-1", "1 ")} == {None}
