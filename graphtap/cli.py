@@ -80,6 +80,7 @@ def _define_profile(fv):
                          flag_values=fv)
     flags.DEFINE_integer("top_k", 20, "How many of the most expensive nodes to print.",
                          lower_bound=1, flag_values=fv)
+    _define_tag_set(fv)
     _define_custom_ops(fv)
 
 

@@ -342,3 +342,77 @@ def test_in_graph_statistics_equal_float64_numpy_on_a_wide_dynamic_range(mixed_o
     # Only the batch with NaNs and infinities comes to the host as values.
     parts, values = dumping.Runner(mixed_outputs_model, None).run_partials({"x": x[:32]})
     assert sorted(parts) == sorted(expected) and list(values) == ["holes"]
+
+
+@pytest.fixture(scope="module")
+def scalar_input_model(tmp_path_factory):
+    """A SavedModel whose signature takes a batch `x` and a scalar `scale`, and one whose
+    only input is a scalar."""
+
+    class Scaled(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x"),
+                                      tf.TensorSpec([], tf.float32, name="scale")])
+        def serve(self, x, scale):
+            return {"y": tf.nn.relu(x * scale, name="act")}
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.float32, name="scale")])
+        def alone(self, scale):
+            return {"y": scale * 2.0}
+
+    root = tmp_path_factory.mktemp("scalar")
+    module = Scaled()
+    paths = {}
+    for name, function in (("mixed", module.serve), ("alone", module.alone)):
+        paths[name] = str(root / name)
+        tf.saved_model.save(module, paths[name], signatures={"serving_default": function})
+    return paths
+
+
+def test_a_scalar_input_is_fed_whole_with_every_batch(scalar_input_model, tmp_path):
+    x = np.random.default_rng(7).standard_normal((10, 4)).astype("float32")
+    data = {"x": x, "scale": np.float32(3.0)}
+    stats = graphtap.dump(scalar_input_model["mixed"], data, str(tmp_path / "acts"),
+                          batch_size=4, max_examples=9, save="npz", progress=False)
+    expected = np.maximum(x[:9] * 3.0, 0)
+    assert stats["y"]["count"] == expected.size
+    with np.load(tmp_path / "acts" / "y.npz") as archive:
+        np.testing.assert_allclose(archive["y"], expected, rtol=1e-6)
+    batches = list(graphtap.activations(scalar_input_model["mixed"], data, batch_size=4))
+    assert [len(b["y"]) for b in batches] == [4, 4, 2]
+
+
+def test_scalar_inputs_that_cannot_be_fed_are_bad_input_naming_them(scalar_input_model,
+                                                                    tmp_path):
+    x = np.zeros((6, 4), "float32")
+    mixed, alone = scalar_input_model["mixed"], scalar_input_model["alone"]
+    cases = [(mixed, {"x": np.float32(1), "scale": np.float32(2)}, "input 'x' is a scalar"),
+             (mixed, {"x": x, "scale": np.ones(6, "float32")},
+              "input 'scale' is a scalar in the signature"),
+             (alone, {"scale": np.float32(2)}, "every input is a scalar: scale"),
+             (mixed, graphtap.TFRecord(str(tmp_path / "empty.tfrecord"), ["x", "scale"]),
+              "input 'scale' is a scalar in the signature.*no tf.Example feature")]
+    (tmp_path / "empty.tfrecord").write_bytes(b"")
+    for number, (model, data, message) in enumerate(cases):
+        with pytest.raises(errors.BadInput, match=message):
+            graphtap.dump(model, data, str(tmp_path / f"acts{number}"), progress=False)
+        assert not (tmp_path / f"acts{number}").exists()
+
+
+def test_cli_dump_of_a_scalar_input(scalar_input_model, tmp_path):
+    np.savez(tmp_path / "data.npz", x=np.ones((5, 4), "float32"), scale=np.float32(2))
+    np.savez(tmp_path / "alone.npz", scale=np.float32(2))
+
+    def graphtap_cli(model, data, out):
+        return subprocess.run([sys.executable, "-m", "graphtap", "dump", f"--model={model}",
+                               f"--inputs_npz={data}", f"--out={out}"],
+                              capture_output=True, text=True, env=child_env(), timeout=300)
+
+    done = graphtap_cli(scalar_input_model["mixed"], tmp_path / "data.npz", tmp_path / "acts")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "acts" / "stats.json").read_text())["outputs"]["y"]["mean"] == 2
+    failed = graphtap_cli(scalar_input_model["alone"], tmp_path / "alone.npz", tmp_path / "no")
+    assert failed.returncode == 2
+    lines = [line for line in failed.stderr.splitlines()  # less TensorFlow's start-up logs
+             if not line.startswith(("WARNING: All log messages before absl", "I0000 "))]
+    assert len(lines) == 1 and lines[0].startswith("graphtap: error: every input is a scalar: "
+                                                   "scale"), failed.stderr

@@ -112,3 +112,46 @@ def test_cli_profile_prints_top_ops_and_tap_profile_errors(keras_cnn, profiles, 
         assert failed.returncode == 2 and message in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tagged_only_custom(tmp_path_factory):
+    """A SavedModel whose only meta graph is tagged `custom`, not `serve`."""
+    import tensorflow as tf
+
+    from graphtap.rewrite import protos
+
+    class Scale(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 4], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": tf.nn.relu(x * 3.0, name="act")}
+
+    path = str(tmp_path_factory.mktemp("tagged") / "model")
+    module = Scale()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve})
+    pb = os.path.join(path, "saved_model.pb")
+    with open(pb, "rb") as f:
+        saved_model = protos.SavedModel.FromString(f.read())
+    (meta_graph,) = saved_model.meta_graphs
+    meta_graph.meta_info_def.ClearField("tags")
+    meta_graph.meta_info_def.tags.append("custom")
+    with open(pb, "wb") as f:
+        f.write(saved_model.SerializeToString())
+    return path
+
+
+def test_profile_runs_the_meta_graph_of_the_tag_set(tagged_only_custom, tmp_path):
+    traced = graphtap.profile(tagged_only_custom, str(tmp_path / "prof"), runs=2,
+                              tag_set="custom")
+    assert "act" in {t.candidate.node for t in traced.times}
+    with pytest.raises(errors.GraphtapError, match="serve"):
+        graphtap.profile(tagged_only_custom, str(tmp_path / "other"), runs=1)
+
+
+def test_cli_profile_takes_tag_set(tagged_only_custom, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "graphtap", "profile",
+                           f"--input={tagged_only_custom}", f"--logdir={tmp_path / 'prof'}",
+                           "--runs=1", "--tag_set=custom"],
+                          capture_output=True, text=True, env=child_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "act" in done.stdout

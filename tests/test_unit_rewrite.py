@@ -5,6 +5,7 @@ the rewrite writes."""
 import json
 import os
 import pathlib
+import shutil
 
 import pytest
 
@@ -89,3 +90,28 @@ def test_the_untouched_functions_are_copied_byte_for_byte(tmp_path):
     touched = {r.function for r in report.taps}
     same = [n for n in before if n not in touched and n in after and after[n] == before[n]]
     assert len(same) > len(before) // 2
+
+
+@pytest.mark.parametrize("position", ["²", "٠", "١", "9" * 5000, "1_0", "+0", " 0"],
+                         ids=["superscript", "arabic_0", "arabic_1", "5000_digits", "underscore",
+                              "sign", "space"])
+def test_an_output_number_that_is_not_ascii_digits_is_a_corrupt_model(position, tmp_path):
+    """Only ASCII digits name an output: not the Unicode digits str.isdigit takes (that
+    int() rejects, or reads as a number TensorFlow would not), nor more digits than int()
+    converts."""
+    model = tmp_path / "model"
+    shutil.copytree(FIELD / "tfk_sequential_tf", model)
+    saved_model = _saved_model(model)
+    info = saved_model.meta_graphs[0].signature_def["serving_default"].outputs["logits"]
+    info.name = f"{info.name.rpartition(':')[0]}:{position}"
+    (model / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    with pytest.raises(errors.CorruptModel, match="output 'logits' is no tensor name"):
+        graphtap.tap(str(model), str(tmp_path / "out"), ops=["Relu"])
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_numbers_are_one_to_ten_ascii_digits():
+    from graphtap.rewrite.index import output_number
+
+    assert [output_number(t) for t in ("0", "12", "0123456789")] == [0, 12, 123456789]
+    assert {output_number(t) for t in ("", "²", "١", "9" * 11, "1_0", "-1", "1 ")} == {None}

@@ -7,7 +7,7 @@ output after the model's output layer, so `--tap_layer=predictions` selects the 
 tensor that the output `predictions` already is).
 """
 
-from graphtap.rewrite.index import Call, node_of
+from graphtap.rewrite.index import Call, node_of, output_number
 from graphtap.rewrite.op_kinds import CALL_OPS
 
 _PASS_THROUGH = frozenset({"Identity", "StopGradient", "Snapshot"})
@@ -63,12 +63,9 @@ def _output_position(ref, function):
     """Which output of a call node `ref` names: `node:k` in a graph, `node:output:k` in a
     function (a call op's only output arg is `output`)."""
     parts = ref.split(":")
-    try:
-        if function is None:
-            return int(parts[1]) if len(parts) == 2 else 0
-        return int(parts[2]) if len(parts) == 3 and parts[1] == "output" else None
-    except ValueError:
-        return None
+    if function is None:
+        return output_number(parts[1]) if len(parts) == 2 else 0
+    return output_number(parts[2]) if len(parts) == 3 and parts[1] == "output" else None
 
 
 def _canonical(ref, function):

@@ -9,7 +9,7 @@ import collections
 import dataclasses
 
 from graphtap import errors
-from graphtap.rewrite.index import node_of
+from graphtap.rewrite.index import node_of, output_number
 from graphtap.rewrite.op_kinds import called_function, kind_of
 from graphtap.rewrite.opdefs import OpRegistry
 from graphtap.rewrite.plumbing import signature_call_node
@@ -101,8 +101,9 @@ def _check(meta_graph, objects, signature_keys, known):
     for key in signature_keys:
         signature = meta_graph.signature_def[key]
         for output_key, info in signature.outputs.items():
-            node_name, colon, position = info.name.rpartition(":")
-            if not colon or not position.isdigit():
+            node_name, colon, number = info.name.rpartition(":")
+            position = output_number(number)
+            if not colon or position is None:
                 _fail(f"signature '{key}' output '{output_key}' is no tensor name", info.name)
             node = outer.get(node_name)
             if node is None:
@@ -110,7 +111,7 @@ def _check(meta_graph, objects, signature_keys, known):
             if node_name not in outputs_of:
                 outputs_of[node_name] = registry.outputs(node)
             outputs = outputs_of[node_name]
-            if int(position) >= len(outputs) or outputs[int(position)].dtype != info.dtype:
+            if position >= len(outputs) or outputs[position].dtype != info.dtype:
                 _fail(f"signature '{key}' output '{output_key}' has no such tensor", info.name)
         for node_name in sorted({node_of(info.name) for info in signature.outputs.values()}):
             calls.check(outer[node_name])

@@ -74,6 +74,15 @@ def node_of(tensor_ref):
     return tensor_ref.lstrip("^").split(":", 1)[0]
 
 
+def output_number(text):
+    """The output `text` numbers (the `3` of `node:3`), or None unless it is one to ten
+    ASCII digits: int() also takes Unicode digits, signs, spaces and underscores, which
+    TensorFlow does not, and refuses numbers of thousands of digits."""
+    if 0 < len(text) <= 10 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def tensor_ref(function, node, output, arg, arg_index):
     """How the body of `function` (None: a graph) refers to one output of `node`."""
     if function is not None:

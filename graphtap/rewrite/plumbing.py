@@ -26,6 +26,7 @@ from graphtap.rewrite.index import (
     TAP_PREFIX,
     argument_names,
     node_of,
+    output_number,
     tensor_ref,
     unknown_shape,
 )
@@ -481,7 +482,7 @@ class TapRewrite:
             raise errors.CorruptModel(f"outputs of TF2 signature '{key}' come from several nodes")
         position = {}
         for output_key, info in signature.outputs.items():
-            position[int(info.name.rsplit(":", 1)[1])] = output_key
+            position[output_number(info.name.rsplit(":", 1)[1])] = output_key
         wrapper = self._bodies[self.objects.function_name(key)]
         count = len(wrapper.signature.output_arg)
         if sorted(position) != list(range(count)):
@@ -503,12 +504,15 @@ class TapRewrite:
             for i, ref in enumerate(node.input):
                 if node_of(ref) == call_name and not ref.startswith("^"):
                     self._edited_nodes.add(position)
-                    old = int(ref.split(":")[1]) if ":" in ref else 0
+                    old = output_number(ref.split(":")[1]) if ":" in ref else 0
+                    if old not in new_position:
+                        raise errors.CorruptModel(f"node '{node.name}' reads no output of "
+                                                  f"'{call_name}'", ref)
                     node.input[i] = f"{call_name}:{new_position[old]}"
         for signature in self.signature_defs.values():
             for info in signature.outputs.values():
                 if node_of(info.name) == call_name:
-                    old = int(info.name.rsplit(":", 1)[1])
+                    old = output_number(info.name.rsplit(":", 1)[1])
                     info.name = f"{call_name}:{new_position[old]}"
 
 

@@ -161,7 +161,8 @@ def _profile(f):
     require(f, "logdir")
     runs = f.runs
     traced = graphtap.profile(f.input, f.logdir, _named_arrays(f, np.load), f.signature_def,
-                              runs=runs, batch_size=f.batch_size, custom_ops=f.custom_ops)
+                              runs=runs, batch_size=f.batch_size, custom_ops=f.custom_ops,
+                              tag_set=f.tag_set)
     total = sum(t.picoseconds for t in traced.times)
     rows = [(t.candidate.name, t.candidate.op, t.events, f"{t.picoseconds / 1e9:.3f}",
              f"{100 * t.picoseconds / total:.1f}%") for t in traced.times[:f.top_k]]

@@ -252,7 +252,7 @@ def _run_both(model, other, data, batch_size, max_examples, meter):
             if ours[key].dtype == object:  # strings: nothing to measure
                 continue
             sums.setdefault(key, _Sums()).add(ours[key], theirs[key])
-        count = len(next(iter(batch.values())))
+        count = dumping.batch_length(batch)
         examples += count
         meter.update(count)
     meter.done()
@@ -410,11 +410,12 @@ def _examples(model, data, batch_size):
     left = REPRESENTATIVE_EXAMPLES
     for batch in dumping.stream_batches(data, batch_size, REPRESENTATIVE_EXAMPLES, model.specs):
         batch = {name: model.conform(name, values) for name, values in batch.items()}
-        for i in range(len(next(iter(batch.values())))):
+        for i in range(dumping.batch_length(batch)):
             if left <= 0:
                 return
             left -= 1
-            yield {name: values[i:i + 1] for name, values in batch.items()}
+            yield {name: values if not values.ndim else values[i:i + 1]
+                   for name, values in batch.items()}
 
 
 def _tf2onnx(model_dir, signature, output, tag_set):

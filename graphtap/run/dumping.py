@@ -36,7 +36,9 @@ def activations(model_dir, data, signature=None, batch_size=64, max_examples=Non
 
     data: {input name: array} (numpy arrays, or graphtap.NpyFile to read a .npy a batch
       at a time), batched here; a graphtap.TFRecord; or an iterable of such dicts, each
-      already a batch (a batched tf.data.Dataset of dicts, for one).
+      already a batch (a batched tf.data.Dataset of dicts, for one). A scalar is the value
+      of an input the signature takes as a scalar (not one per example): it is fed whole
+      with every batch.
     signature: its key; default `serving_default`, or the only one.
     tag_set: tags of the meta graph to load, comma-separated.
     custom_ops: modules to import and `.so` files to load first, for the model's custom
@@ -82,7 +84,7 @@ def dump(model_dir, data, out_dir, signature=None, batch_size=64, max_examples=N
                     streams[key].append(values)
             if summaries:
                 summaries.write(outputs, step)
-            meter.update(len(next(iter(batch.values()))))
+            meter.update(batch_length(batch))
         meter.done()
         if not stats:
             raise errors.BadInput("no examples to run", model_dir)
@@ -182,6 +184,7 @@ class Runner:
         return feed
 
     def conform(self, name, values):
+        """`values` as the signature's input `name` takes them, or a BadInput saying why not."""
         spec = self.specs.get(name)
         if spec is None:
             raise errors.BadInput(f"signature '{self.signature_key}' has no input '{name}'; "
@@ -194,6 +197,12 @@ class Runner:
                 raise errors.BadInput(f"input '{name}' is {values.dtype}; the signature takes "
                                       f"{spec.dtype.name}", self.model_dir)
             values = values.astype(wanted)
+        if spec.shape.rank == 0 and values.ndim:
+            raise errors.BadInput(f"input '{name}' is a scalar in the signature, not one value per "
+                                  f"example; the data has shape {values.shape}", self.model_dir)
+        if not values.ndim and spec.shape.rank != 0:
+            raise errors.BadInput(f"input '{name}' is a scalar; the signature takes shape "
+                                  f"{spec.shape}, examples along the first axis", self.model_dir)
         if not spec.shape.is_compatible_with(values.shape):
             raise errors.BadInput(f"input '{name}' has shape {values.shape[1:]} per example; the "
                                   f"signature takes {spec.shape[1:]}", self.model_dir)
@@ -272,6 +281,10 @@ class TFRecord:
             if spec is None:
                 raise errors.BadInput(f"the signature has no input '{name}'; its inputs: "
                                       f"{', '.join(sorted(specs))}", self.path)
+            if spec.shape.rank == 0:
+                raise errors.BadInput(f"input '{name}' is a scalar in the signature, not one "
+                                      "value per example: no tf.Example feature can feed it",
+                                      self.path)
             if not spec.shape[1:].is_fully_defined():
                 raise errors.BadInput(f"input '{name}' has shape {spec.shape}: a tf.Example "
                                       "feature needs every dimension but the first known",
@@ -294,7 +307,7 @@ def stream_batches(data, batch_size, max_examples, specs):
     if isinstance(data, TFRecord):
         batches = data.batches(specs, batch_size)
     elif isinstance(data, dict):
-        batches = _slices(data, batch_size)
+        batches = _slices(data, batch_size, specs)
     elif hasattr(data, "as_numpy_iterator"):  # a tf.data.Dataset
         batches = data.as_numpy_iterator()
     else:
@@ -304,25 +317,59 @@ def stream_batches(data, batch_size, max_examples, specs):
         if left is not None:
             if left <= 0:
                 return
-            batch = {name: values[:left] for name, values in batch.items()}
-            left -= len(next(iter(batch.values())))
+            batch = {name: values if _is_scalar(values) else values[:left]
+                     for name, values in batch.items()}
+            left -= batch_length(batch)
         yield batch
 
 
-def _slices(arrays, batch_size):
+def batch_length(batch):
+    """How many examples a batch {input: values} holds: the length of its inputs other
+    than scalars, which are fed whole with every batch."""
+    for values in batch.values():
+        if not _is_scalar(values):
+            return len(values)
+    raise _all_scalars(batch)
+
+
+def _all_scalars(names):
+    return errors.BadInput(f"every input is a scalar: {', '.join(sorted(names))}; a scalar "
+                           "is fed whole with every batch, and some input must hold examples "
+                           "along a first axis")
+
+
+def _is_scalar(values):
+    shape = getattr(values, "shape", None)  # a graphtap.NpyFile too, without reading it
+    return np.ndim(values) == 0 if shape is None else len(shape) == 0
+
+
+def _slices(arrays, batch_size, specs):
+    scalars = {name: values for name, values in arrays.items() if _is_scalar(values)}
+    for name in sorted(scalars):
+        spec = specs.get(name)
+        if spec is not None and spec.shape.rank != 0:
+            raise errors.BadInput(f"input '{name}' is a scalar; the signature takes shape "
+                                  f"{spec.shape}, examples along the first axis")
+    if arrays and len(scalars) == len(arrays):
+        raise _all_scalars(arrays)
+    arrays = {name: values for name, values in arrays.items() if name not in scalars}
     counts = {name: len(values) for name, values in arrays.items()}
     if len(set(counts.values())) > 1:
         raise errors.BadInput("inputs differ in example count: "
                               + ", ".join(f"{name} has {n}" for name, n in sorted(counts.items())))
     total = next(iter(counts.values()), 0)
     for start in range(0, total, batch_size):
-        yield {name: np.asarray(values[start:start + batch_size])
-               for name, values in arrays.items()}
+        batch = {name: np.asarray(values[start:start + batch_size])
+                 for name, values in arrays.items()}
+        batch.update((name, np.asarray(value)) for name, value in scalars.items())
+        yield batch
 
 
 def example_count(data, max_examples):
     """How many examples `data` will give, when it can be told without reading it."""
-    total = len(next(iter(data.values()))) if isinstance(data, dict) and data else None
+    lengths = [len(values) for values in data.values() if not _is_scalar(values)] if (
+        isinstance(data, dict)) else []
+    total = lengths[0] if lengths else None
     if max_examples is not None:
         return min(total, max_examples) if total is not None else max_examples
     return total
