@@ -13,7 +13,8 @@ from graphtap.rewrite import index, plumbing, protos, traces
 
 pytestmark = pytest.mark.unit
 
-SEQUENTIAL = pathlib.Path(__file__).resolve().parents[1] / "testdata" / "field" / "tfk_sequential_tf"
+FIELD = pathlib.Path(__file__).resolve().parents[1] / "testdata" / "field"
+SEQUENTIAL = FIELD / "tfk_sequential_tf"
 # serving_default: outer StatefulPartitionedCall -> WRAPPER (the signature's own object,
 # node 53) -> StatefulPartitionedCall -> WRAPPED (also object node 11's function).
 WRAPPER = "__inference_signature_wrapper_3759"
