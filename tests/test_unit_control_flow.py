@@ -133,3 +133,154 @@ def test_a_tap_declares_the_shape_of_what_comes_out(path, mode, dims):
     candidate = _candidate(path, shape=_shape(2, 3))
     control_flow.allow_control_flow_taps(_graph(), [candidate], mode)
     assert index.shape_dims(plumbing.Tap("s", "k", candidate).shape) == dims
+
+
+# -- a loop tapped end to end ---------------------------------------------------------------
+
+OP_DEFS = [  # the OpDefs of the model's ops and of those the rewrite adds, as a model lists them
+    'name: "Placeholder" output_arg { name: "output" type_attr: "dtype" }'
+    ' attr { name: "dtype" type: "type" } attr { name: "shape" type: "shape" }',
+    'name: "Const" output_arg { name: "output" type_attr: "dtype" }'
+    ' attr { name: "value" type: "tensor" } attr { name: "dtype" type: "type" }',
+    'name: "StatefulPartitionedCall" input_arg { name: "args" type_list_attr: "Tin" }'
+    ' output_arg { name: "output" type_list_attr: "Tout" } attr { name: "Tin" type: "list(type)" }'
+    ' attr { name: "Tout" type: "list(type)" } attr { name: "f" type: "func" } is_stateful: true',
+    'name: "StatelessWhile" input_arg { name: "input" type_list_attr: "T" }'
+    ' output_arg { name: "output" type_list_attr: "T" } attr { name: "T" type: "list(type)" }'
+    ' attr { name: "cond" type: "func" } attr { name: "body" type: "func" }'
+    ' attr { name: "output_shapes" type: "list(shape)" default_value { list { } } }',
+    'name: "AddV2" input_arg { name: "x" type_attr: "T" } input_arg { name: "y" type_attr: "T" }'
+    ' output_arg { name: "z" type_attr: "T" } attr { name: "T" type: "type" }',
+    'name: "Less" input_arg { name: "x" type_attr: "T" } input_arg { name: "y" type_attr: "T" }'
+    ' output_arg { name: "z" type: DT_BOOL } attr { name: "T" type: "type" }',
+    'name: "Relu" input_arg { name: "features" type_attr: "T" }'
+    ' output_arg { name: "activations" type_attr: "T" } attr { name: "T" type: "type" }',
+    'name: "Identity" input_arg { name: "input" type_attr: "T" }'
+    ' output_arg { name: "output" type_attr: "T" } attr { name: "T" type: "type" }',
+    'name: "EmptyTensorList" input_arg { name: "element_shape" type_attr: "shape_type" }'
+    ' input_arg { name: "max_num_elements" type: DT_INT32 }'
+    ' output_arg { name: "handle" type: DT_VARIANT } attr { name: "element_dtype" type: "type" }'
+    ' attr { name: "shape_type" type: "type" }',
+    'name: "TensorListPushBack" input_arg { name: "input_handle" type: DT_VARIANT }'
+    ' input_arg { name: "tensor" type_attr: "element_dtype" }'
+    ' output_arg { name: "output_handle" type: DT_VARIANT }'
+    ' attr { name: "element_dtype" type: "type" }',
+    'name: "TensorListStack" input_arg { name: "input_handle" type: DT_VARIANT }'
+    ' input_arg { name: "element_shape" type: DT_INT32 }'
+    ' output_arg { name: "tensor" type_attr: "element_dtype" }'
+    ' attr { name: "element_dtype" type: "type" } attr { name: "num_elements" type: "int" }',
+]
+
+LOOP_MODEL = """
+meta_graphs {
+  meta_info_def { tags: "serve" }
+  signature_def { key: "serving_default" value {
+    inputs { key: "x" value { name: "x:0" dtype: DT_FLOAT tensor_shape { dim { size: 2 } } } }
+    outputs { key: "y" value { name: "call:0" dtype: DT_FLOAT } }
+    method_name: "tensorflow/serving/predict" } }
+  graph_def {
+    node { name: "x" op: "Placeholder" attr { key: "dtype" value { type: DT_FLOAT } }
+           attr { key: "shape" value { shape { dim { size: 2 } } } } }
+    node { name: "call" op: "StatefulPartitionedCall" input: "x"
+           attr { key: "Tin" value { list { type: DT_FLOAT } } }
+           attr { key: "Tout" value { list { type: DT_FLOAT } } }
+           attr { key: "f" value { func { name: "outer_fn" } } }
+           attr { key: "_output_shapes" value { list { shape { dim { size: 2 } } } } } }
+    library {
+      function {
+        signature { name: "outer_fn" input_arg { name: "a" type: DT_FLOAT }
+                    output_arg { name: "y" type: DT_FLOAT } }
+        node_def { name: "zero" op: "Const" attr { key: "dtype" value { type: DT_INT32 } }
+                   attr { key: "value" value { tensor { dtype: DT_INT32 int_val: 0 } } } }
+        node_def { name: "loop" op: "StatelessWhile" input: "zero:output:0" input: "a"
+                   attr { key: "T" value { list { type: DT_INT32 type: DT_FLOAT } } }
+                   attr { key: "cond" value { func { name: "cond_fn" } } }
+                   attr { key: "body" value { func { name: "body_fn" } } } }
+        ret { key: "y" value: "loop:output:1" }
+      }
+      function {
+        signature { name: "cond_fn" input_arg { name: "i" type: DT_INT32 }
+                    input_arg { name: "v" type: DT_FLOAT } output_arg { name: "go" type: DT_BOOL } }
+        node_def { name: "three" op: "Const" attr { key: "dtype" value { type: DT_INT32 } }
+                   attr { key: "value" value { tensor { dtype: DT_INT32 int_val: 3 } } } }
+        node_def { name: "less" op: "Less" input: "i" input: "three:output:0"
+                   attr { key: "T" value { type: DT_INT32 } } }
+        ret { key: "go" value: "less:z:0" }
+      }
+      function {
+        signature { name: "body_fn" input_arg { name: "i" type: DT_INT32 }
+                    input_arg { name: "v" type: DT_FLOAT }
+                    output_arg { name: "i_next" type: DT_INT32 }
+                    output_arg { name: "v_next" type: DT_FLOAT } }
+        node_def { name: "one" op: "Const" attr { key: "dtype" value { type: DT_INT32 } }
+                   attr { key: "value" value { tensor { dtype: DT_INT32 int_val: 1 } } } }
+        node_def { name: "next" op: "AddV2" input: "i" input: "one:output:0"
+                   attr { key: "T" value { type: DT_INT32 } } }
+        node_def { name: "relu" op: "Relu" input: "v" attr { key: "T" value { type: DT_FLOAT } }
+                   attr { key: "_output_shapes" value { list { shape { dim { size: 2 } } } } } }
+        ret { key: "i_next" value: "next:z:0" }
+        ret { key: "v_next" value: "relu:activations:0" }
+      }
+    }
+  }
+}
+"""
+
+
+def _loop_model(path):
+    from google.protobuf import text_format
+
+    saved_model = text_format.Parse(LOOP_MODEL, protos.SavedModel())
+    for text in OP_DEFS:
+        text_format.Parse(text, saved_model.meta_graphs[0].meta_info_def.stripped_op_list.op.add())
+    path.mkdir()
+    (path / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+    return str(path)
+
+
+def _read(path):
+    return protos.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0]
+
+
+def test_a_loop_tap_is_refused_without_a_mode(tmp_path):
+    import graphtap
+    from graphtap import errors
+
+    source = _loop_model(tmp_path / "model")
+    (relu,) = [c for c in graphtap.list_targets(source) if c.node == "relu"]
+    assert relu.function == "body_fn" and relu.blocked
+    with pytest.raises(errors.NotTappable, match="loop 'stack' or 'last'"):
+        graphtap.tap(source, str(tmp_path / "out"), names=["relu"])
+
+
+@pytest.mark.parametrize("mode, dims, carried", [("stack", [-1, 2], "DT_VARIANT"),
+                                                 ("last", None, "DT_FLOAT")])
+def test_a_loop_tap_carries_a_stack_or_the_last_value(mode, dims, carried, tmp_path):
+    """`stack`: a TensorList loop variable, stacked after the loop, declared [-1, 2];
+    `last`: the value itself as a loop variable, declared of unknown shape. The loop's own
+    variables keep their positions; the condition is a copy that takes the new one."""
+    import graphtap
+
+    source = _loop_model(tmp_path / "model")
+    report = graphtap.tap(source, str(tmp_path / "out"), names={"relu": "r"}, loop=mode)
+    (record,) = report.taps
+    assert (record.loop, record.shape, record.function) == (mode, dims, "body_fn")
+    after = _read(tmp_path / "out")
+    output = after.signature_def["serving_default"].outputs["r"]
+    assert index.shape_dims(output.tensor_shape) == dims
+    assert after.signature_def["serving_default"].outputs["y"].name == "call:0"
+    call = next(n for n in after.graph_def.node if n.name == "call")
+    declared = [index.shape_dims(s) for s in call.attr["_output_shapes"].list.shape]
+    assert declared == [[2], dims]  # the call node declares what the signature does
+    functions = {f.signature.name: f for f in after.graph_def.library.function}
+    loop = next(n for n in functions["outer_fn"].node_def if n.name == "loop")
+    assert list(loop.attr["T"].list.type) == [protos.dtype_enum(t) for t in
+                                              ("DT_INT32", "DT_FLOAT", carried)]
+    assert loop.input[:2] == ["zero:output:0", "a"] and len(loop.input) == 3
+    body = functions["body_fn"].signature
+    assert [a.type for a in body.input_arg][2:] == [protos.dtype_enum(carried)]
+    pushes = [n.op for n in functions["body_fn"].node_def if n.op == "TensorListPushBack"]
+    assert len(pushes) == (mode == "stack")
+    cond = functions[loop.attr["cond"].func.name]
+    assert cond.signature.name != "cond_fn" and len(cond.signature.input_arg) == 3
+    assert len(functions["cond_fn"].signature.input_arg) == 2  # the original is untouched
