@@ -268,3 +268,39 @@ def test_a_node_is_timed_as_its_output_0(tmp_path):
     trace = _xspace(tmp_path / "host.xplane.pb", [("split:Split", 0, 4)])
     (time,) = traces.match_trace(split, [trace]).times
     assert time.candidate is split[1] and time.candidate.name == "split"
+
+
+def test_a_body_the_gradient_registry_names_is_cloned(tmp_path):
+    """A library `gradient` entry refers to WRAPPER by name: WRAPPER is copied, and the
+    entry still names the untouched original."""
+    model = tmp_path / "model"
+    shutil.copytree(SEQUENTIAL, model)
+    saved_model = _read(model)
+    gradient = saved_model.meta_graphs[0].graph_def.library.gradient.add()
+    gradient.function_name, gradient.gradient_func = WRAPPER, "__inference__traced_save_3903"
+    (model / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+
+    _, after = _tap_relu(tmp_path, "z_tap", source=model)
+    assert _outer(after, "StatefulPartitionedCall").attr["f"].func.name == f"{WRAPPER}_graphtap"
+    assert [g.function_name for g in after.graph_def.library.gradient] == [WRAPPER]
+    assert _functions(after)[WRAPPER] == _functions(saved_model.meta_graphs[0])[WRAPPER]
+
+
+def test_whatever_reads_a_permuted_output_follows_it(tmp_path):
+    """An outer node and another signature reading `logits` (output 0 before the tap
+    sorts in front of it) read output 1 after; a control input stays as it was."""
+    model = tmp_path / "model"
+    shutil.copytree(SEQUENTIAL, model)
+    saved_model = _read(model)
+    meta_graph = saved_model.meta_graphs[0]
+    reader = meta_graph.graph_def.node.add(name="reader", op="Identity")
+    reader.input.extend(["StatefulPartitionedCall", "^StatefulPartitionedCall"])
+    reader.attr["T"].type = protos.dtype_enum("DT_FLOAT")
+    meta_graph.signature_def["other"].CopyFrom(meta_graph.signature_def["serving_default"])
+    (model / "saved_model.pb").write_bytes(saved_model.SerializeToString())
+
+    _, after = _tap_relu(tmp_path, "a_tap", source=model)
+    assert list(_outer(after, "reader").input) == ["StatefulPartitionedCall:1",
+                                                   "^StatefulPartitionedCall"]
+    assert {k: v.name for k, v in after.signature_def["other"].outputs.items()} == {
+        "logits": "StatefulPartitionedCall:1"}
