@@ -177,6 +177,18 @@ def test_values_out_apart_from_out_holds_every_example_once(tapped, tmp_path):
     assert all(re.fullmatch(r"values-\d{5}-of-\d{5}\.npz", name) for name in names)
 
 
+def test_a_shipped_model_is_fetched_byte_for_byte(tapped, tmp_path):
+    out, _ = tapped
+    files = beam.ship_model(out, str(tmp_path / "location" / "model"))
+    local = sorted(os.path.relpath(os.path.join(root, name), out)
+                   for root, _, names in os.walk(out) for name in names)
+    assert sorted(files) == local and "saved_model.pb" in files
+    beam.fetch_model(str(tmp_path / "location" / "model"), files, str(tmp_path / "fetched"))
+    for relative in files:
+        assert (tmp_path / "fetched" / relative).read_bytes() == \
+            open(os.path.join(out, relative), "rb").read(), relative
+
+
 def test_a_non_empty_values_location_is_refused_and_left_alone(tapped, tmp_path):
     out, root = tapped
     values = tmp_path / "values"

@@ -13,7 +13,9 @@ with the same partials and the same merge as the in-process dump (graphtap.run.s
 What the launcher reads back (the combined statistics) goes through Beam's FileSystems
 into a work directory that only this run writes to, under the pipeline's --temp_location
 (which the workers and the launcher both reach) or, on DirectRunner without one, in the
-local temporary directory; the work directory is removed at the end.
+local temporary directory; the work directory is removed at the end. With a
+--temp_location, the (local) model is copied there too, and each worker copies it to its
+own disk before loading it.
 
 Imports apache_beam, numpy and (on the workers, and here to check the data) TensorFlow.
 """
@@ -24,12 +26,14 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import uuid
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
@@ -44,6 +48,8 @@ RUNNERS = ("DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 LOCAL_RUNNER = "DirectRunner"  # the one runner whose workers share the launcher's disk
 _STATS_PART = "stats.json"  # in the work directory: what the pipeline combined
 _VALUES_TEMP = "values-temp"  # in the work directory: WriteToFiles' temporary files
+_MODEL = "model"  # in the work directory: the model's files, for workers on other machines
+_RAW = CompressionTypes.UNCOMPRESSED  # AUTO would (de)compress a file named *.gz
 VALUES_NAMING = fileio.default_file_naming("values", ".npz")  # values-00000-of-00004.npz
 
 
@@ -53,18 +59,31 @@ class TappedModelHandler(ModelHandler):
     Examples are serialized tf.Examples when `features` ({input: feature name}, as
     graphtap.TFRecord takes it) is given, else {input: np.ndarray} of one example each.
     Each result is {output key: np.ndarray} of one example.
+
+    `model_files` (the model's files, relative paths) says that `model_dir` is a copy made
+    by ship_model, on any Beam filesystem: each worker copies it to a local directory,
+    loads it from there and removes that directory.
     """
 
     def __init__(self, model_dir, signature=None, tag_set="serve", custom_ops=(),
-                 features=None, max_batch_size=64):
+                 features=None, max_batch_size=64, model_files=None):
         super().__init__()
         self._model_dir, self._signature, self._tag_set = model_dir, signature, tag_set
         self._custom_ops, self._max_batch_size = tuple(custom_ops), max_batch_size
-        self._features = features
+        self._features, self._model_files = features, model_files
 
     def load_model(self):
-        runner = dumping.Runner(self._model_dir, self._signature, self._tag_set,
-                                self._custom_ops)
+        if self._model_files is None:
+            return self._load(self._model_dir)
+        local = tempfile.mkdtemp(prefix="graphtap-model-")
+        try:
+            fetch_model(self._model_dir, self._model_files, local)
+            return self._load(local)
+        finally:  # TensorFlow has read the variables and assets by the end of loading
+            shutil.rmtree(local, ignore_errors=True)
+
+    def _load(self, model_dir):
+        runner = dumping.Runner(model_dir, self._signature, self._tag_set, self._custom_ops)
         if self._features is not None:
             runner.parse = dumping.TFRecord(self._model_dir, self._features).parser(runner.specs)
         return runner
@@ -177,6 +196,35 @@ class NpzSink(fileio.FileSink):
         self._rows = []
 
 
+def ship_model(model_dir, location):
+    """Copies the files of the local directory `model_dir` under `location` (any Beam
+    filesystem); returns their paths relative to `model_dir`."""
+    files = []
+    for root, _, names in os.walk(model_dir):
+        for name in sorted(names):
+            relative = os.path.relpath(os.path.join(root, name), model_dir)
+            with open(os.path.join(model_dir, relative), "rb") as source, \
+                    FileSystems.create(_under(location, relative), compression_type=_RAW) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+            files.append(relative)
+    return files
+
+
+def fetch_model(location, files, model_dir):
+    """Copies the `files` that ship_model put under `location` into the local `model_dir`."""
+    for relative in files:
+        path = os.path.join(model_dir, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with FileSystems.open(_under(location, relative), compression_type=_RAW) as source, \
+                open(path, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+
+
+def _under(location, relative):
+    """The path of the local relative path `relative` under `location` (any filesystem)."""
+    return FileSystems.join(location, *relative.split(os.sep))
+
+
 def _value_arrays(rows):
     """{output key: stacked values, "example_id": ids} of (example id, outputs) rows."""
     keys = [key for key, values in rows[0][1].items()
@@ -200,7 +248,8 @@ def dump(model_dir, pattern, features, out_dir, runner=LOCAL_RUNNER, pipeline_ar
     empty (graphtap never deletes there).
 
     Runners other than DirectRunner need --temp_location in `pipeline_args`: a location
-    both their workers and this machine reach, where the statistics are passed back.
+    both their workers and this machine reach, where the statistics are passed back and
+    the model (a local directory) is copied for the workers.
     """
     options = PipelineOptions([f"--runner={runner}", *pipeline_args])
     temp_location = _temp_location(options)
@@ -211,11 +260,17 @@ def dump(model_dir, pattern, features, out_dir, runner=LOCAL_RUNNER, pipeline_ar
     files = match(pattern)
     local = dumping.Runner(model_dir, signature, tag_set, custom_ops)
     _check_shards(files, features, local)
-    handler = KeyedModelHandler(TappedModelHandler(
-        model_dir, local.signature_key, tag_set, custom_ops, features, batch_size))
     with model_io.staged_directory(out_dir, overwrite, dumping.STATS_FILE,
                                    [model_dir]) as staging, \
             _work_directory(temp_location) as work:
+        if temp_location is None:  # DirectRunner: the workers share this machine's disk
+            shipped, model_files = model_dir, None
+        else:
+            shipped = FileSystems.join(work, _MODEL)
+            model_files = ship_model(model_dir, shipped)
+        handler = KeyedModelHandler(TappedModelHandler(
+            shipped, local.signature_key, tag_set, custom_ops, features, batch_size,
+            model_files))
         values_dir = (values_out or staging) if save == "npz" else None
         _run_pipeline(options, files, handler, work, values_dir, pattern)
         combined = _read_stats(work)
@@ -340,7 +395,7 @@ def _run_pipeline(options, files, handler, work, values_dir, pattern):
 
 def _read_stats(work):
     """The statistics the pipeline combined, read back from the work directory."""
-    with FileSystems.open(FileSystems.join(work, _STATS_PART)) as f:
+    with FileSystems.open(FileSystems.join(work, _STATS_PART), compression_type=_RAW) as f:
         return json.loads(f.read().decode("utf-8"))
 
 
