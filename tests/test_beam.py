@@ -177,6 +177,42 @@ def test_values_out_apart_from_out_holds_every_example_once(tapped, tmp_path):
     assert all(re.fullmatch(r"values-\d{5}-of-\d{5}\.npz", name) for name in names)
 
 
+def test_an_object_store_for_temp_location_and_values_out(tapped, tmp_path, monkeypatch):
+    """gs:// without a network: the statistics, the model and the values pass through a
+    filesystem without directories, and the work directory goes, all of it."""
+    import object_store
+
+    out, root = tapped
+    (tmp_path / "store").mkdir()
+    monkeypatch.setattr(object_store, "ROOT", str(tmp_path / "store"))
+    (tmp_path / "store" / "other%2Fkept").write_bytes(b"not graphtap's")
+    during = []  # the store's keys when the launcher reads the statistics back
+    read_stats = beam._read_stats
+    monkeypatch.setattr(beam, "_read_stats",
+                        lambda work: during.extend(object_store.keys()) or read_stats(work))
+    stats = beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                      str(tmp_path / "acts"), save="npz", values_out="objstore://acts/values",
+                      pipeline_args=["--direct_running_mode=in_memory",
+                                     "--temp_location=objstore://tmp"])
+    assert os.listdir(tmp_path / "acts") == ["stats.json"]
+    assert stats["output_0"]["count"] == EXAMPLES * 4
+    work = {key.split("/")[1] for key in during if key.startswith("tmp/")}
+    assert len(work) == 1 and work.pop().startswith("graphtap-beam-")
+    assert any(re.fullmatch(r"tmp/graphtap-beam-\w+/model/saved_model\.pb", k) for k in during)
+    assert any(re.fullmatch(r"tmp/graphtap-beam-\w+/stats\.json", k) for k in during)
+    values = [key for key in object_store.keys() if key.startswith("acts/values/")]
+    assert object_store.keys() == sorted(["other/kept", *values])  # no work directory left
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for key in values:
+        with beam.FileSystems.open(f"objstore://{key}") as f:
+            (fetched / key.rpartition("/")[2]).write_bytes(f.read())
+    assert len(_check_values(fetched, out)) == len(values)
+    with pytest.raises(graphtap.GraphtapError, match="values location is not empty"):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "again"), save="npz", values_out="objstore://acts/values")
+
+
 def test_a_shipped_model_is_fetched_byte_for_byte(tapped, tmp_path):
     out, _ = tapped
     files = beam.ship_model(out, str(tmp_path / "location" / "model"))
