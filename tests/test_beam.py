@@ -239,6 +239,10 @@ def test_a_non_empty_values_location_is_refused_and_left_alone(tapped, tmp_path)
     with pytest.raises(graphtap.GraphtapError, match="lie apart from the output"):
         beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
                   str(tmp_path / "acts"), save="npz", values_out=str(tmp_path / "acts" / "v"))
+    with pytest.raises(graphtap.errors.OutputInsideInput):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "acts"), save="npz", values_out=os.path.join(out, "values"))
+    assert not os.path.exists(os.path.join(out, "values"))
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tapped, tmp_path):

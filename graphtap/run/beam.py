@@ -40,7 +40,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from apache_beam.options.value_provider import StaticValueProvider
 
 from graphtap import errors
-from graphtap.rewrite import model_io
+from graphtap.rewrite import model_io, paths
 from graphtap.run import dumping
 from graphtap.run.stats import RunningStats
 
@@ -256,7 +256,7 @@ def dump(model_dir, pattern, features, out_dir, runner=LOCAL_RUNNER, pipeline_ar
     _check_arguments(runner, save, values_out, temp_location)
     model_io.check_output([model_dir], out_dir, overwrite, mark=dumping.STATS_FILE)
     if values_out is not None:
-        values_out = check_values_location(values_out, out_dir)
+        values_out = check_values_location(values_out, out_dir, model_dir)
     files = match(pattern)
     local = dumping.Runner(model_dir, signature, tag_set, custom_ops)
     _check_shards(files, features, local)
@@ -311,12 +311,14 @@ def _temp_location(options):
     return location or None
 
 
-def check_values_location(values_out, out_dir):
+def check_values_location(values_out, out_dir, model_dir):
     """`values_out` as the workers are to see it (absolute when local), refused when it
-    holds anything or when, local, it overlaps `out_dir`: graphtap writes only into a new
-    or empty location, so that it never has to delete what it did not create."""
+    holds anything or when, local, it overlaps `out_dir` or the model: graphtap writes
+    only into a new or empty location, so that it never has to delete what it did not
+    create, and never into its input."""
     if FileSystems.get_scheme(values_out) is None:
         values_out = os.path.abspath(values_out)
+        paths.check_not_inside(model_dir, values_out)
         ours, theirs = os.path.realpath(out_dir), os.path.realpath(values_out)
         if ours == theirs or theirs.startswith(ours + os.sep) or \
                 ours.startswith(theirs + os.sep):
