@@ -104,6 +104,11 @@ def _define_dump(fv):
                       flag_values=fv)
     flags.DEFINE_multi_string("pipeline_args", [], "Beam pipeline options (with --runner); "
                               "unknown flags land here.", flag_values=fv)
+    flags.DEFINE_string("values_out", None, "With --runner and --save=npz: write the values "
+                        "files here (a new or empty directory, or a URL of a Beam filesystem: "
+                        "gs://...) instead of into --out; needed on runners other than "
+                        "DirectRunner, whose workers cannot write to this machine.",
+                        flag_values=fv)
 
 
 def _define_streamed_data(fv):
@@ -308,6 +313,10 @@ _FLAG_HINTS = (
     (errors.NoMatch, "no selector given: give names, ops, layers or a profile",
      "no selector given: pass --tap_name, --tap_op, --tap_layer or --tap_profile"),
     (errors.BadInput, "(save statistics only)", "(use --save=stats)"),
+    (errors.BadArgument, "values_out is where save='npz' writes values: give save='npz'",
+     "--values_out is where --save=npz writes values: give --save=npz"),
+    (errors.BadArgument, "save='npz' on", "--save=npz on"),
+    (errors.BadArgument, "needs values_out", "needs --values_out"),
     (errors.GraphtapError, "give real ones", "give real ones with --inputs or --inputs_npz"),
 )
 

@@ -93,12 +93,53 @@ def test_activation_stats_merge_in_any_order_to_the_same_result():
     np.testing.assert_allclose(results[0]["a"]["std"], np.nanstd(a), rtol=1e-9)
 
 
-def test_direct_runner_two_workers_equals_the_single_process_dump(tapped, tmp_path):
+TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+EXPECTED_IDS = [f"images-{s:05d}-of-00004.tfrecord:{i}"
+                for s, part in enumerate(np.array_split(np.arange(EXAMPLES), 4))
+                for i in range(len(part))]
+
+
+def _opened_paths(monkeypatch):
+    """The paths this process (the launcher) opens through Beam's FileSystems.open."""
+    opened = []
+    real_open = beam.FileSystems.open
+
+    def recording_open(path, *args, **kwargs):
+        opened.append(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(beam.FileSystems, "open", recording_open)
+    return opened
+
+
+def _check_values(directory, model):
+    """Every example id exactly once over the values files in `directory`, each row equal
+    to the model's outputs for that example; returns the files' names."""
+    direct = run_tf2(model, "serving_default", {"image": IMAGES})
+    names = sorted(glob.glob(os.path.join(directory, "values-*.npz")))
+    ids, values = [], {key: [] for key in direct}
+    for name in names:
+        with np.load(name) as archive:
+            ids.extend(archive["example_id"].tolist())
+            for key in direct:
+                values[key].append(archive[key])
+    assert len(ids) == len(set(ids)) and sorted(ids) == sorted(EXPECTED_IDS)
+    row = {example_id: n for n, example_id in enumerate(EXPECTED_IDS)}
+    order = [row[example_id] for example_id in ids]
+    for key, parts in values.items():
+        np.testing.assert_allclose(np.concatenate(parts), direct[key][order], rtol=1e-5,
+                                   atol=1e-6)
+    return [os.path.basename(name) for name in names]
+
+
+def test_direct_runner_two_workers_equals_the_single_process_dump(tapped, tmp_path,
+                                                                 monkeypatch):
     out, root = tapped
+    temp_location = tmp_path / "beam-temp"  # apart from --out, as on a remote runner
+    opened = _opened_paths(monkeypatch)
     stats = beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
                       str(tmp_path / "beam"), runner="DirectRunner", batch_size=64, save="npz",
-                      pipeline_args=["--direct_num_workers=2",
-                                     "--direct_running_mode=multi_processing"])
+                      pipeline_args=[*TWO_WORKERS, f"--temp_location={temp_location}"])
     single = graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "single"), batch_size=64,
                            progress=False)
     assert sorted(stats) == sorted(single)
@@ -114,43 +155,124 @@ def test_direct_runner_two_workers_equals_the_single_process_dump(tapped, tmp_pa
                                            err_msg=f"{key} {name}")
     saved = json.loads((tmp_path / "beam" / "stats.json").read_text())
     assert saved["outputs"] == json.loads(json.dumps(stats))
-    direct = run_tf2(out, "serving_default", {"image": IMAGES})
-    ids, values = [], {key: [] for key in direct}
-    for name in sorted(glob.glob(str(tmp_path / "beam" / "values-*.npz"))):
-        with np.load(name) as archive:
-            ids.extend(archive["example_id"].tolist())
-            for key in direct:
-                values[key].append(archive[key])
-    names = os.listdir(tmp_path / "beam")
-    assert [n for n in names if not n.startswith("values-")] == ["stats.json"]  # no leftovers
-    expected_ids = [f"images-{s:05d}-of-00004.tfrecord:{i}"
-                    for s, part in enumerate(np.array_split(np.arange(EXAMPLES), 4))
-                    for i in range(len(part))]
-    assert sorted(ids) == sorted(expected_ids)  # every example exactly once
-    row = {example_id: n for n, example_id in enumerate(expected_ids)}
-    order = [row[example_id] for example_id in ids]
-    for key, parts in values.items():
-        np.testing.assert_allclose(np.concatenate(parts), direct[key][order], rtol=1e-5,
-                                   atol=1e-6)
+    # the launcher read the statistics back through FileSystems, from under --temp_location
+    read_back = [p for p in opened if p.endswith("stats.json")]
+    assert read_back and all(p.startswith(f"{temp_location}{os.sep}graphtap-beam-")
+                             for p in read_back)
+    assert os.listdir(temp_location) == []  # its work directory removed, all of it
+    names = _check_values(tmp_path / "beam", out)
+    assert len(names) > 1  # several bundles, each its own file
+    assert sorted(os.listdir(tmp_path / "beam")) == sorted(["stats.json", *names])
+
+
+def test_values_out_apart_from_out_holds_every_example_once(tapped, tmp_path):
+    out, root = tapped
+    values = tmp_path / "values"  # stands for gs://...: written by the workers
+    beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+              str(tmp_path / "acts"), save="npz", values_out=str(values),
+              pipeline_args=TWO_WORKERS)
+    assert os.listdir(tmp_path / "acts") == ["stats.json"]
+    names = _check_values(values, out)
+    assert sorted(os.listdir(values)) == names  # no temporary files left beside them
+    assert all(re.fullmatch(r"values-\d{5}-of-\d{5}\.npz", name) for name in names)
+
+
+def test_an_object_store_for_temp_location_and_values_out(tapped, tmp_path, monkeypatch):
+    """gs:// without a network: the statistics, the model and the values pass through a
+    filesystem without directories, and the work directory goes, all of it."""
+    import object_store
+
+    out, root = tapped
+    (tmp_path / "store").mkdir()
+    monkeypatch.setattr(object_store, "ROOT", str(tmp_path / "store"))
+    (tmp_path / "store" / "other%2Fkept").write_bytes(b"not graphtap's")
+    during = []  # the store's keys when the launcher reads the statistics back
+    read_stats = beam._read_stats
+    monkeypatch.setattr(beam, "_read_stats",
+                        lambda work: during.extend(object_store.keys()) or read_stats(work))
+    stats = beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                      str(tmp_path / "acts"), save="npz", values_out="objstore://acts/values",
+                      pipeline_args=["--direct_running_mode=in_memory",
+                                     "--temp_location=objstore://tmp"])
+    assert os.listdir(tmp_path / "acts") == ["stats.json"]
+    assert stats["output_0"]["count"] == EXAMPLES * 4
+    work = {key.split("/")[1] for key in during if key.startswith("tmp/")}
+    assert len(work) == 1 and work.pop().startswith("graphtap-beam-")
+    assert any(re.fullmatch(r"tmp/graphtap-beam-\w+/model/saved_model\.pb", k) for k in during)
+    assert any(re.fullmatch(r"tmp/graphtap-beam-\w+/stats\.json", k) for k in during)
+    values = [key for key in object_store.keys() if key.startswith("acts/values/")]
+    assert object_store.keys() == sorted(["other/kept", *values])  # no work directory left
+    fetched = tmp_path / "fetched"
+    fetched.mkdir()
+    for key in values:
+        with beam.FileSystems.open(f"objstore://{key}") as f:
+            (fetched / key.rpartition("/")[2]).write_bytes(f.read())
+    assert len(_check_values(fetched, out)) == len(values)
+    with pytest.raises(graphtap.GraphtapError, match="values location is not empty"):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "again"), save="npz", values_out="objstore://acts/values")
+
+
+def test_a_shipped_model_is_fetched_byte_for_byte(tapped, tmp_path):
+    out, _ = tapped
+    files = beam.ship_model(out, str(tmp_path / "location" / "model"))
+    local = sorted(os.path.relpath(os.path.join(root, name), out)
+                   for root, _, names in os.walk(out) for name in names)
+    assert sorted(files) == local and "saved_model.pb" in files
+    beam.fetch_model(str(tmp_path / "location" / "model"), files, str(tmp_path / "fetched"))
+    for relative in files:
+        assert (tmp_path / "fetched" / relative).read_bytes() == \
+            open(os.path.join(out, relative), "rb").read(), relative
+
+
+def test_a_non_empty_values_location_is_refused_and_left_alone(tapped, tmp_path):
+    out, root = tapped
+    values = tmp_path / "values"
+    values.mkdir()
+    (values / "theirs.npz").write_bytes(b"not graphtap's")
+    with pytest.raises(graphtap.GraphtapError, match="values location is not empty"):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "acts"), save="npz", values_out=str(values))
+    assert os.listdir(values) == ["theirs.npz"]
+    assert (values / "theirs.npz").read_bytes() == b"not graphtap's"
+    assert not (tmp_path / "acts").exists()
+    with pytest.raises(graphtap.GraphtapError, match="lie apart from the output"):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "acts"), save="npz", values_out=str(tmp_path / "acts" / "v"))
+    with pytest.raises(graphtap.errors.OutputInsideInput):
+        beam.dump(out, str(root / "images-*.tfrecord"), {"image": "pixels"},
+                  str(tmp_path / "acts"), save="npz", values_out=os.path.join(out, "values"))
+    assert not os.path.exists(os.path.join(out, "values"))
 
 
 def test_bad_input_is_one_line_and_writes_nothing(tapped, tmp_path):
     out, root = tapped
     (tmp_path / "not.tfrecord").write_bytes(b"this is not a TFRecord file at all" * 10)
 
-    def graphtap_dump(pattern, feature="image=pixels"):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "keep.txt").write_text("not graphtap's")
+    shards = str(root / "images-*.tfrecord")
+
+    def graphtap_dump(pattern, feature="image=pixels", *more, runner="DirectRunner"):
         return subprocess.run(
-            [sys.executable, "-m", "graphtap", "dump", f"--model={out}", "--runner=DirectRunner",
+            [sys.executable, "-m", "graphtap", "dump", f"--model={out}", f"--runner={runner}",
              f"--tfrecord={pattern}", f"--feature={feature}", f"--out={tmp_path / 'acts'}",
-             "--direct_num_workers=1"],
+             "--direct_num_workers=1", *more],
             capture_output=True, text=True, env=child_env(), timeout=300)
 
-    for pattern, feature, message in (
-        (str(tmp_path / "nothing-*.tfrecord"), "image=pixels", "no file matches"),
-        (str(root / "images-*.tfrecord"), "image=missing", "cannot read tf.Examples"),
-        (str(tmp_path / "not.tfrecord"), "image=pixels", "not a TFRecord file"),
+    for pattern, feature, more, runner, message in (
+        (str(tmp_path / "nothing-*.tfrecord"), "image=pixels", (), "DirectRunner",
+         "no file matches"),
+        (shards, "image=missing", (), "DirectRunner", "cannot read tf.Examples"),
+        (str(tmp_path / "not.tfrecord"), "image=pixels", (), "DirectRunner",
+         "not a TFRecord file"),
+        (shards, "image=pixels", ("--save=npz", f"--values_out={theirs}"), "DirectRunner",
+         "values location is not empty"),
+        (shards, "image=pixels", ("--save=npz",), "FlinkRunner",
+         "FlinkRunner needs --temp_location"),
     ):
-        failed = graphtap_dump(pattern, feature)
+        failed = graphtap_dump(pattern, feature, *more, runner=runner)
         assert failed.returncode == 2, failed.stderr
         # TensorFlow 2.21 prints its C++ start-up lines (oneDNN) whatever TF_CPP_MIN_LOG_LEVEL
         lines = [line for line in failed.stderr.strip().splitlines()
@@ -158,3 +280,4 @@ def test_bad_input_is_one_line_and_writes_nothing(tapped, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("graphtap: error: "), failed.stderr
         assert message in lines[0] and "function_node" not in lines[0]
         assert not (tmp_path / "acts").exists()
+    assert os.listdir(theirs) == ["keep.txt"]

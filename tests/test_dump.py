@@ -247,11 +247,13 @@ def test_cli_dump_end_to_end_and_its_errors(tapped_cnn, tmp_path):
     for args, message in (
         ([f"--inputs=image={tmp_path / 'missing.npy'}"], "no such input file"),
         ([f"--inputs=image={root / 'images.npy'}", f"--tfrecord={root / 'x'}"], "one way"),
+        ([f"--inputs=image={root / 'images.npy'}", f"--values_out={tmp_path / 'v'}"],
+         "--values_out is where --runner writes values"),
     ):
         failed = graphtap_dump(*args, f"--out={tmp_path / 'failed'}")
         assert failed.returncode == 2 and message in failed.stderr
         assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
-    assert not (tmp_path / "failed").exists()
+    assert not (tmp_path / "failed").exists() and not (tmp_path / "v").exists()
     with pytest.raises(errors.InputNotFound):
         graphtap.dump(str(tmp_path / "nowhere"), {"image": IMAGES}, str(tmp_path / "x"))
 

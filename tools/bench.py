@@ -45,6 +45,14 @@ the statistics folded in numpy on the host from plain calls (what dump did befor
 plain calls after loading the model with tf.saved_model.load, against which dump whole
 compares.
 
+    python tools/bench.py --beam --repeats=3   # dump on Beam's DirectRunner against dump
+
+--beam (in an environment with apache-beam: the `beam` extra) writes --beam_examples
+random 64x64 images as 4 TFRecord shards of tf.Examples and times, alternated, each whole
+(loading the model included): `graphtap.dump` over those shards (one tf.data pipeline, in
+this process) and the Beam pipeline of `graphtap dump --runner=DirectRunner` over the same
+shards with 2 workers in multi_processing mode; same tapped DenseNet121 as --dump.
+
 --breakdown also times, for a SavedModel, a lower bound of any rewrite that writes the
 tap's output from protobuf messages in Python: parse the input's functions that change,
 read the name and op of each of their nodes, serialize the changed and added functions,
@@ -53,6 +61,7 @@ write the output (see lower_bound).
 
 import collections
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -84,6 +93,9 @@ flags.DEFINE_integer("compare_examples", 64, "Examples --compare runs.")
 flags.DEFINE_integer("compare_batch", 16, "Batch size of --compare.")
 flags.DEFINE_bool("dump", False, "Instead of the tables: dump's throughput against plain "
                   "inference (see above).")
+flags.DEFINE_bool("beam", False, "Instead of the tables: the throughput of dump on Beam's "
+                  "DirectRunner (2 workers) against the single-process dump (see above).")
+flags.DEFINE_integer("beam_examples", 512, "Examples --beam runs.")
 FLAGS = flags.FLAGS
 
 APPLICATIONS = {"mobilenetv2": "MobileNetV2", "resnet50": "ResNet50",
@@ -435,13 +447,8 @@ def lower_bound(tapped, changed):
             "write the output": time.perf_counter() - written}
 
 
-def dump_throughput(examples=256, batch_size=32):
-    """Examples per second of plain inference, dump and the host-side statistics."""
-    import numpy as np
-
-    from graphtap.run import dumping
-    from graphtap.run.stats import RunningStats
-
+def densenet_64_tapped():
+    """DenseNet121 at 64x64 (weights=None) with every Relu tapped, built once in --workdir."""
     model = os.path.join(FLAGS.workdir, "densenet121_64")
     tapped = os.path.join(FLAGS.workdir, "densenet121_64_relu")
     if not os.path.exists(os.path.join(model, "saved_model.pb")):
@@ -450,6 +457,17 @@ def dump_throughput(examples=256, batch_size=32):
                         "verbose=False)"], check=True, capture_output=True, env=ENV)
     if not os.path.exists(os.path.join(tapped, "saved_model.pb")):
         graphtap.tap(model, tapped, ops=["Relu"])
+    return tapped
+
+
+def dump_throughput(examples=256, batch_size=32):
+    """Examples per second of plain inference, dump and the host-side statistics."""
+    import numpy as np
+
+    from graphtap.run import dumping
+    from graphtap.run.stats import RunningStats
+
+    tapped = densenet_64_tapped()
     runner = dumping.Runner(tapped, None)
     (name,) = runner.specs
     images = np.random.default_rng(0).standard_normal((examples, 64, 64, 3)).astype("float32")
@@ -506,8 +524,77 @@ def dump_throughput(examples=256, batch_size=32):
     print_table(("", "examples/s", "x plain"), rows)
 
 
+def write_shards(images, name, count=4):
+    """Writes `images` as `count` TFRecord shards of tf.Examples (feature `pixels`) into
+    --workdir; returns their glob."""
+    import numpy as np
+    import tensorflow as tf
+
+    for number, part in enumerate(np.array_split(images, count)):
+        path = os.path.join(FLAGS.workdir, f"{name}-{number:05d}-of-{count:05d}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for image in part:
+                pixels = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
+                writer.write(tf.train.Example(features=tf.train.Features(
+                    feature={"pixels": pixels})).SerializeToString())
+    return os.path.join(FLAGS.workdir, f"{name}-*-of-{count:05d}.tfrecord")
+
+
+def beam_throughput(batch_size=32):
+    """Examples per second of dump over TFRecord shards: in this process, and as the Beam
+    pipeline on DirectRunner with 2 workers (multi_processing), each whole."""
+    import glob
+
+    import numpy as np
+    import tensorflow as tf
+
+    from graphtap.run import beam, dumping
+
+    examples = FLAGS.beam_examples
+    tapped = densenet_64_tapped()
+    runner = dumping.Runner(tapped, None)  # its input specs, for parsing the shards
+    (name,) = runner.specs
+    features = {name: "pixels"}
+    images = np.random.default_rng(0).standard_normal((examples, 64, 64, 3)).astype("float32")
+    pattern = write_shards(images, "densenet121_64_images")
+    parse = graphtap.TFRecord(pattern, features).parser(runner.specs)
+    out = os.path.join(FLAGS.workdir, "beam_bench_out")
+
+    def single_process():
+        shards = tf.data.TFRecordDataset(sorted(glob.glob(pattern)))
+        return graphtap.dump(tapped, shards.batch(batch_size).map(parse), out,
+                             batch_size=batch_size, overwrite=True, progress=False)
+
+    def direct_runner():
+        return beam.dump(tapped, pattern, features, out, batch_size=batch_size,
+                         overwrite=True, pipeline_args=["--direct_num_workers=2",
+                                                        "--direct_running_mode=multi_processing"])
+
+    kinds = {"graphtap.dump, one process": single_process,
+             "Beam DirectRunner, 2 workers (multi_processing)": direct_runner}
+    times = {label: [] for label in kinds}
+    for _ in range(FLAGS.repeats):
+        for label, function in kinds.items():
+            start = time.perf_counter()
+            stats = function()
+            times[label].append(time.perf_counter() - start)
+            first = next(iter(stats.values()))  # count: of elements
+            assert first["count"] == examples * math.prod(first["example_shape"]), label
+    print(f"DenseNet121 64x64, {len(runner.taps)} Relu taps, {examples} examples in 4 "
+          f"TFRecord shards, batch {batch_size}, each whole (model loading included): "
+          f"examples/s, median (min-max) of {FLAGS.repeats} alternated runs")
+    single_s = statistics.median(times["graphtap.dump, one process"])
+    rows = [[label, f"{examples / statistics.median(t):.1f} ({examples / max(t):.1f}-"
+             f"{examples / min(t):.1f})", f"{single_s / statistics.median(t):.2f}"]
+            for label, t in times.items()]
+    print_table(("", "examples/s", "x one process"), rows)
+
+
 def main(_):
     os.makedirs(FLAGS.workdir, exist_ok=True)
+    if FLAGS.beam:
+        beam_throughput()
+        return
     if FLAGS.dump:
         dump_throughput()
         return

@@ -53,6 +53,8 @@ def _dump(f):
     require(f, "out")
     if f.runner:
         stats = _dump_on_beam(f)
+    elif f.values_out:
+        raise errors.BadArgument("--values_out is where --runner writes values; give --runner")
     else:
         stats = graphtap.dump(f.model, _streamed_data(f), f.out, signature=f.signature_def,
                               batch_size=f.batch_size, max_examples=f.max_examples,
@@ -85,7 +87,7 @@ def _dump_on_beam(f):
     return beam.dump(f.model, f.tfrecord, _features(f), f.out, runner=f.runner,
                      pipeline_args=f.pipeline_args, signature=f.signature_def,
                      batch_size=f.batch_size, save=f.save, overwrite=f.overwrite,
-                     tag_set=f.tag_set, custom_ops=f.custom_ops)
+                     tag_set=f.tag_set, custom_ops=f.custom_ops, values_out=f.values_out)
 
 
 def _features(f):
