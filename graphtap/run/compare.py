@@ -108,10 +108,9 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
     representative: {input name: array} for int8 calibration.
     progress: a bar on a terminal, log lines otherwise, as dump shows.
     """
-    if batch_size < 1:
-        raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
-    if max_examples is not None and max_examples < 1:
-        raise errors.BadArgument(f"max_examples must be at least 1, not {max_examples}")
+    for name, value in (("batch_size", batch_size), ("max_examples", max_examples)):
+        if value is not None and not (isinstance(value, numbers.Integral) and value >= 1):
+            raise errors.BadArgument(f"{name} must be a whole number >= 1, not {value}")
     for name, value in (("rtol", rtol), ("max_rel_l2", max_rel_l2)):
         finite = isinstance(value, numbers.Real) and 0 <= value < math.inf  # not NaN
         if not finite:  # a NaN or infinite tolerance would also make compare.json not JSON
