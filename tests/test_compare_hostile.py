@@ -271,8 +271,16 @@ def test_existing_outputs(models, tmp_path):
     assert list((tmp_path / "theirs").iterdir()) == []
 
 
-def test_tf2onnx_missing_is_one_line(models, tmp_path):
-    code = ("import sys, runpy; sys.modules['tf2onnx'] = None; sys.argv = ['graphtap', "
+@pytest.mark.parametrize("how", ["missing", "broken"])
+def test_tf2onnx_missing_or_broken_is_one_line(models, tmp_path, how):
+    """Not installed (an ImportError), or installed but failing on import (a version
+    mismatch raising AttributeError): one line naming it, not an internal error."""
+    fake = tmp_path / "fake" / "tf2onnx"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise AttributeError('np.cast was removed')\n")
+    hide = ("sys.modules['tf2onnx'] = None" if how == "missing"
+            else f"sys.path.insert(0, {str(fake.parent)!r})")
+    code = (f"import sys, runpy; {hide}; sys.argv = ['graphtap', "
             "*sys.argv[1:]]; runpy.run_module('graphtap', run_name='__main__')")
     out = tmp_path / "out"
     result = subprocess.run([sys.executable, "-c", code, "compare",
@@ -282,6 +290,7 @@ def test_tf2onnx_missing_is_one_line(models, tmp_path):
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("graphtap: error: comparing with ONNX needs tf2onnx"), last
+    assert how == "missing" or "AttributeError: np.cast was removed" in last, last
     assert not out.exists()
 
 

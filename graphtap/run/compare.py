@@ -492,6 +492,9 @@ def _optional(module):
     except ImportError:
         raise errors.BadArgument(f"comparing with ONNX needs {module}: install the 'onnx' "
                                  "extra (pip install graphtap[onnx])") from None
+    except Exception as error:  # noqa: BLE001 (installed, but broken: a version mismatch)
+        raise errors.BadArgument(f"comparing with ONNX needs {module}, which fails to import: "
+                                 f"{type(error).__name__}: {_first_line(error)}") from None
 
 
 def _first_line(error):
