@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -239,6 +240,21 @@ def test_values_beyond_float32_squares_are_summed_in_float64():
     assert tap.problem is None
     assert tap.rel_l2 == pytest.approx(1e-3, rel=1e-3)
     assert tap.cosine == pytest.approx(1.0)
+
+
+def test_complex_values_are_compared_as_pairs_of_reals():
+    """Complex outputs (an FFT): compared as (real, imaginary) pairs, not cast to real
+    (which dropped the imaginary part, with a ComplexWarning on stderr)."""
+    from graphtap.run.compare import _Sums
+
+    a = (np.arange(1, 5) + 1j * np.arange(1, 5)).astype(np.complex64)
+    sums = _Sums()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sums.add(a, a * 1j)
+    tap = sums.difference("fft", 0, True, 1e-4)
+    assert tap.rel_l2 == pytest.approx(np.linalg.norm(a - a * 1j) / np.linalg.norm(a))
+    assert tap.cosine == pytest.approx(0.0, abs=1e-7)  # a and ia are orthogonal as reals
 
 
 def test_int_outputs_are_compared_and_string_outputs_skipped(models, tmp_path):

@@ -4,7 +4,6 @@ printing their results. Imports numpy and TensorFlow; graphtap.cli loads it only
 
 import contextlib
 import logging
-import os
 import sys
 
 import numpy as np

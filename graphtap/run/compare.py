@@ -185,6 +185,10 @@ class _Sums:
                 self.problem = f"shapes differ: {a.shape} and {b.shape}"
                 return
             b = b.reshape(a.shape)
+        if a.dtype.kind == "c" or b.dtype.kind == "c":  # as (real, imaginary) pairs
+            pair = np.result_type(a.dtype, b.dtype, np.complex64)
+            real = np.finfo(pair).dtype  # float32 for complex64, float64 for complex128
+            a, b = (np.ascontiguousarray(v, dtype=pair).view(real) for v in (a, b))
         a, b = a.ravel(), b.ravel()
         self.count += a.size
         # Chunks small enough to stay in cache, summed in float32 by BLAS when both sides
