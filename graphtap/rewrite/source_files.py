@@ -34,6 +34,48 @@ def open_regular(path):
     return fd
 
 
+def check_regular(path, missing="no such input file"):
+    """Raises unless `path` leads to a regular file: errors.InputNotFound (`missing`) if
+    nothing is there, errors.UnsafeInput for a FIFO, device, socket or directory, none
+    of which is ever opened (a FIFO would block the reader)."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        raise errors.InputNotFound(missing, path) from None
+    if not stat.S_ISREG(status.st_mode):
+        raise errors.UnsafeInput("not a regular file (a FIFO, device, socket or directory "
+                                 "is never read)", path)
+
+
+def check_tree(root):
+    """Raises errors.UnsafeInput if anything under the directory `root` (following links:
+    a loader follows them) is a FIFO, a device or a socket, which a loader that opens it
+    would block on or read without end."""
+    stack = [root]
+    seen = set()
+    while stack:
+        directory = stack.pop()
+        try:
+            status = os.stat(directory)
+            if (status.st_dev, status.st_ino) in seen:
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            with os.scandir(directory) as entries:
+                children = [entry.path for entry in entries]
+        except OSError:
+            continue  # unreadable: the loader says what is wrong
+        for path in children:
+            try:
+                child = os.stat(path)
+            except OSError:
+                continue  # a dangling link: the loader says what is wrong
+            if stat.S_ISDIR(child.st_mode):
+                stack.append(path)
+            elif not stat.S_ISREG(child.st_mode):
+                raise errors.UnsafeInput("not a regular file or directory (a FIFO, device "
+                                         "or socket is never read)", path)
+
+
 def read_regular(path):
     """The bytes of the regular file at `path` (see open_regular)."""
     fd = open_regular(path)

@@ -4,14 +4,13 @@ printing their results. Imports numpy and TensorFlow; graphtap.cli loads it only
 
 import contextlib
 import logging
-import os
 import sys
 
 import numpy as np
 
 import graphtap
 from graphtap import errors
-from graphtap.rewrite import paths
+from graphtap.rewrite import paths, source_files
 from graphtap.printing import print_table, printing, require, shape
 from graphtap.run.verification import verify
 
@@ -39,8 +38,7 @@ def _named_arrays(f, read, flag="inputs"):
         name, sep, path = spec.partition("=")
         if not sep:
             raise errors.BadArgument(f"--{flag} takes NAME=FILE.npy", spec)
-        if not os.path.isfile(path):
-            raise errors.InputNotFound("no such input file", path)
+        source_files.check_regular(path)
         try:
             arrays[name] = read(path)
         except (OSError, ValueError) as error:
@@ -102,7 +100,7 @@ def _compare(f):
     require(f, "against")
     require(f, "out")
     data = _streamed_data(f)
-    representative = _named_arrays(f, np.load, "representative") or None
+    representative = _named_arrays(f, graphtap.NpyFile, "representative") or None
     result = graphtap.compare(f.model, f.against, data, f.out, signature=f.signature_def,
                               batch_size=f.batch_size, max_examples=f.max_examples,
                               rtol=f.rtol, max_rel_l2=f.max_rel_l2,
@@ -145,8 +143,7 @@ def _streamed_data(f):
     if f.tfrecord:
         data = graphtap.TFRecord(f.tfrecord, _features(f))
     elif f.inputs_npz:
-        if not os.path.isfile(f.inputs_npz):
-            raise errors.InputNotFound("no such input file", f.inputs_npz)
+        source_files.check_regular(f.inputs_npz)
         paths.check_not_inside(f.inputs_npz, f.out)  # read whole: dump sees no path
         try:
             with np.load(f.inputs_npz) as archive:  # members are read whole: no mmap in zips
@@ -187,8 +184,7 @@ def _verify(f):
     require(f, "tapped")
     inputs = _named_arrays(f, np.load)
     if f.inputs_npz:
-        if not os.path.isfile(f.inputs_npz):
-            raise errors.InputNotFound("no such input file", f.inputs_npz)
+        source_files.check_regular(f.inputs_npz)
         try:
             with np.load(f.inputs_npz) as archive:
                 inputs.update({name: archive[name] for name in archive.files})

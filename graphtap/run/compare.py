@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import json
 import math
+import numbers
 import os
 import re
 import subprocess
@@ -27,7 +28,7 @@ import warnings
 import numpy as np
 
 from graphtap import errors
-from graphtap.rewrite import manifest, model_io
+from graphtap.rewrite import manifest, model_io, source_files
 from graphtap.rewrite.index import call_target, node_of
 from graphtap.rewrite.signatures import meta_graph_position
 from graphtap.run import dumping
@@ -107,9 +108,17 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
     representative: {input name: array} for int8 calibration.
     progress: a bar on a terminal, log lines otherwise, as dump shows.
     """
-    if batch_size < 1:
-        raise errors.BadArgument(f"batch_size must be at least 1, not {batch_size}")
-    inputs = [model_dir, *dumping.data_paths(data)]
+    for name, value in (("batch_size", batch_size), ("max_examples", max_examples)):
+        if value is not None and not (isinstance(value, numbers.Integral) and value >= 1):
+            raise errors.BadArgument(f"{name} must be a whole number >= 1, not {value}")
+    for name, value in (("rtol", rtol), ("max_rel_l2", max_rel_l2)):
+        finite = isinstance(value, numbers.Real) and 0 <= value < math.inf  # not NaN
+        if not finite:  # a NaN or infinite tolerance would also make compare.json not JSON
+            raise errors.BadArgument(f"{name} must be a finite number >= 0, not {value}")
+    if representative is not None and against != "tflite_int8":
+        raise errors.BadArgument("representative data calibrates tflite_int8 only, not "
+                                 f"'{against}'")
+    inputs = [model_dir, *dumping.data_paths(data), *dumping.data_paths(representative)]
     if not isinstance(against, str):
         raise errors.BadArgument("against must be a kind or a path")
     if against not in KINDS:
@@ -123,7 +132,9 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
                if r["signature"] == model.signature_key]
     if not records:
         raise errors.BadArgument("the model has no taps: tap it first", model_dir)
-    tolerance = max_rel_l2 if against in QUANTIZED_KINDS else rtol
+    if representative is not None:
+        _check_representative(model, representative)
+    tolerance = float(max_rel_l2 if against in QUANTIZED_KINDS else rtol)
     with tempfile.TemporaryDirectory(prefix="graphtap-compare-") as scratch:
         start = time.perf_counter()
         other = _other_side(model, records, against, data, batch_size, representative,
@@ -174,12 +185,20 @@ class _Sums:
                 self.problem = f"shapes differ: {a.shape} and {b.shape}"
                 return
             b = b.reshape(a.shape)
+        if a.dtype.kind == "c" or b.dtype.kind == "c":  # as (real, imaginary) pairs
+            pair = np.result_type(a.dtype, b.dtype, np.complex64)
+            real = np.finfo(pair).dtype  # float32 for complex64, float64 for complex128
+            a, b = (np.ascontiguousarray(v, dtype=pair).view(real) for v in (a, b))
         a, b = a.ravel(), b.ravel()
         self.count += a.size
         # Chunks small enough to stay in cache, summed in float32 by BLAS when both sides
         # are exact in float32, else in float64; the chunks' sums add up in float64.
         work = np.float32 if all(np.can_cast(v.dtype, np.float32) for v in (a, b)) else np.float64
         x, y, d = _buffers(work)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN, Inf: a problem, later
+            self._add_chunks(a, b, work, x, y, d)
+
+    def _add_chunks(self, a, b, work, x, y, d):
         for start in range(0, a.size, CHUNK):
             stop = min(start + CHUNK, a.size)
             xs, ys, ds = a[start:stop], b[start:stop], d[:stop - start]
@@ -189,11 +208,17 @@ class _Sums:
             if ys.dtype != work:
                 ys = y[:stop - start]
                 np.copyto(ys, b[start:stop], casting="unsafe")
-            self.aa += float(xs @ xs)
-            self.bb += float(ys @ ys)
-            self.ab += float(xs @ ys)
             np.subtract(xs, ys, out=ds)
-            self.dd += float(ds @ ds)
+            sums = [float(xs @ xs), float(ys @ ys), float(xs @ ys), float(ds @ ds)]
+            if work != np.float64 and not all(map(math.isfinite, sums)):
+                # beyond float32 (or NaN, Inf): this chunk again in float64
+                xs, ys = xs.astype(np.float64), ys.astype(np.float64)
+                ds = xs - ys
+                sums = [float(xs @ xs), float(ys @ ys), float(xs @ ys), float(ds @ ds)]
+            self.aa += sums[0]
+            self.bb += sums[1]
+            self.ab += sums[2]
+            self.dd += sums[3]
             np.abs(ds, out=ds)
             self.max_abs = max(self.max_abs, float(ds.max()))
             self.abs_sum += float(ds.sum())
@@ -203,6 +228,10 @@ class _Sums:
             nan = math.nan
             return TapDifference(key, position, is_tap, nan, nan, nan, nan, nan, False,
                                  self.problem)
+        if not all(math.isfinite(s) for s in (self.aa, self.bb, self.ab, self.dd, self.abs_sum)):
+            nan = math.nan
+            return TapDifference(key, position, is_tap, nan, nan, nan, nan, nan, False,
+                                 "NaN or infinite values")
         rel_l2 = _ratio(math.sqrt(self.dd), math.sqrt(self.aa))
         norms = math.sqrt(self.aa) * math.sqrt(self.bb)
         cosine = self.ab / norms if norms else (1.0 if self.aa == self.bb else 0.0)
@@ -284,13 +313,12 @@ def _other_side(model, records, against, data, batch_size, representative, scrat
 
 
 def _model_file_side(path):
-    with open(path, "rb") as f:
+    with open(source_files.open_regular(path), "rb") as f:  # a FIFO or device: refused
         head = f.read(8)
-    if head[4:8] == b"TFL3":
-        with open(path, "rb") as f:
-            return _TFLiteSide(f.read(), path)
+        if head[4:8] == b"TFL3":
+            return _TFLiteSide(head + f.read(), path)
     if path.endswith(".onnx"):
-        return _OnnxSide(path)
+        return _OnnxSide(path)  # by path: an ONNX model may keep its weights beside it
     raise errors.NotAModel("not a SavedModel directory, .tflite or .onnx model", path)
 
 
@@ -396,13 +424,44 @@ def _convert_tflite(model, kind, data, batch_size, representative):
         if not isinstance(calibration, (dict, dumping.TFRecord)):
             raise errors.BadArgument("int8 calibration reads the data again: give arrays, "
                                      "files or a TFRecord, or representative data")
-        converter.representative_dataset = lambda: _examples(model, calibration, batch_size)
+        failed = []  # a graphtap error reading the data, which the converter wraps
+
+        def examples():
+            try:
+                yield from _examples(model, calibration, batch_size)
+            except errors.GraphtapError as error:
+                failed.append(error)
+                raise
+
+        converter.representative_dataset = examples
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     try:
         return converter.convert()
     except Exception as error:  # noqa: BLE001 (the converter raises many kinds)
+        if kind == "tflite_int8" and failed:
+            raise failed[0] from None
         raise errors.CorruptModel(f"TFLite cannot convert it: {_first_line(error)}",
                                   model.model_dir) from None
+
+
+def _check_representative(model, representative):
+    """Refuses representative data that the signature cannot take, before converting."""
+    if not isinstance(representative, dict):
+        raise errors.BadArgument("representative must be {input name: array}")
+    where = ", ".join(sorted(dumping.data_paths(representative))) or None
+    try:
+        for name, values in representative.items():
+            model.conform(name, np.asarray(values[:1]))
+            if not len(values):
+                raise errors.BadInput(f"no examples for input '{name}'")
+        missing = sorted(set(model.specs) - set(representative))
+        if missing:
+            raise errors.BadInput(f"no data for input(s) {', '.join(missing)}")
+    except errors.BadInput as error:
+        raise errors.BadInput(f"representative data: {error.what}", where) from None
+    except (TypeError, IndexError):  # not an array of examples
+        raise errors.BadInput(f"representative data for '{name}' is not an array of "
+                              "examples", where) from None
 
 
 def _examples(model, data, batch_size):
@@ -438,6 +497,9 @@ def _optional(module):
     except ImportError:
         raise errors.BadArgument(f"comparing with ONNX needs {module}: install the 'onnx' "
                                  "extra (pip install graphtap[onnx])") from None
+    except Exception as error:  # noqa: BLE001 (installed, but broken: a version mismatch)
+        raise errors.BadArgument(f"comparing with ONNX needs {module}, which fails to import: "
+                                 f"{type(error).__name__}: {_first_line(error)}") from None
 
 
 def _first_line(error):
@@ -551,7 +613,9 @@ def write_plot(result, path):
     axes.set_ylabel("rel L2 error")
     axes.set_title(f"{os.path.basename(os.path.normpath(result.model))} vs {result.against}")
     axes.legend(loc="upper left", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with warnings.catch_warnings():  # nothing to draw (every tap NaN): say nothing
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
+        figure.savefig(path, dpi=100)
     pyplot.close(figure)
     return True

@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from graphtap import errors
-from graphtap.rewrite import manifest, model_io, paths
+from graphtap.rewrite import manifest, model_io, paths, source_files
 from graphtap.run import runtime
 from graphtap.rewrite.signatures import choose_signatures, tags
 from graphtap.run import stats as stats_lib
@@ -219,8 +219,7 @@ class NpyFile:
     pages count toward the process's resident memory once touched, it holds one batch."""
 
     def __init__(self, path):
-        if not os.path.isfile(path):
-            raise errors.InputNotFound("no such input file", path)
+        source_files.check_regular(path)
         self.path = path
         try:
             mapped = np.load(path, mmap_mode="r")  # for the header only: no page is read
@@ -240,7 +239,7 @@ class NpyFile:
     def __getitem__(self, rows):
         start, stop, _ = rows.indices(len(self))
         count = max(stop - start, 0)
-        with open(self.path, "rb") as f:
+        with open(source_files.open_regular(self.path), "rb") as f:
             f.seek(self._offset + start * self._example_bytes)
             data = np.fromfile(f, dtype=self.dtype,
                                count=count * self._example_bytes // self.dtype.itemsize)
@@ -261,8 +260,7 @@ class TFRecord:
         """{input: array} batches, parsed to the signature's dtypes and shapes."""
         import tensorflow as tf
 
-        if not os.path.isfile(self.path):
-            raise errors.InputNotFound("no such TFRecord file", self.path)
+        source_files.check_regular(self.path, "no such TFRecord file")
         parse = self.parser(specs)
         dataset = tf.data.TFRecordDataset(self.path).batch(batch_size).map(parse)
         try:

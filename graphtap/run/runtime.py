@@ -8,6 +8,7 @@ import os
 import re
 
 from graphtap import errors
+from graphtap.rewrite import source_files
 
 _UNREGISTERED = re.compile(r"Op type not registered '([^']+)'")
 
@@ -53,6 +54,7 @@ def saved_model(model_dir, tags):
     """tf.saved_model.load(model_dir, tags): the TF2 object, or a graphtap error."""
     import tensorflow as tf
 
+    source_files.check_tree(model_dir)  # TensorFlow would block on a FIFO in it
     try:
         return tf.saved_model.load(model_dir, tags=tags)
     except Exception as error:  # noqa: BLE001 (TensorFlow raises many kinds)
@@ -63,6 +65,7 @@ def session(model_dir, tags):
     """The TF Serving path: (a TF1 Session holding the model, its MetaGraphDef)."""
     import tensorflow as tf
 
+    source_files.check_tree(model_dir)  # TensorFlow would block on a FIFO in it
     try:
         loaded = tf.compat.v1.Session(graph=tf.Graph())
         with loaded.graph.as_default():
