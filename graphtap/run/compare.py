@@ -224,14 +224,12 @@ class _Sums:
             self.abs_sum += float(ds.sum())
 
     def difference(self, key, position, is_tap, tolerance):
-        if self.problem:
+        sums = (self.aa, self.bb, self.ab, self.dd, self.abs_sum)
+        problem = self.problem or (None if all(map(math.isfinite, sums))
+                                   else "NaN or infinite values")
+        if problem:
             nan = math.nan
-            return TapDifference(key, position, is_tap, nan, nan, nan, nan, nan, False,
-                                 self.problem)
-        if not all(math.isfinite(s) for s in (self.aa, self.bb, self.ab, self.dd, self.abs_sum)):
-            nan = math.nan
-            return TapDifference(key, position, is_tap, nan, nan, nan, nan, nan, False,
-                                 "NaN or infinite values")
+            return TapDifference(key, position, is_tap, nan, nan, nan, nan, nan, False, problem)
         rel_l2 = _ratio(math.sqrt(self.dd), math.sqrt(self.aa))
         norms = math.sqrt(self.aa) * math.sqrt(self.bb)
         cosine = self.ab / norms if norms else (1.0 if self.aa == self.bb else 0.0)
