@@ -55,15 +55,19 @@ def _examples(count, seed):
 
 
 def _combine(fn, examples, rng):
-    """Splits `examples` into shuffled, uneven bundles (some empty), adds each into its own
+    """Splits `examples` into shuffled, uneven bundles (some empty), each into batches of
+    random sizes; adds each batch's partials {key: RunningStats} into its bundle's
     accumulator and merges those in a random tree."""
     order = rng.permutation(len(examples))
     cuts = np.sort(rng.integers(0, len(examples) + 1, size=7))
     accumulators = []
     for bundle in np.split(order, cuts):
         accumulator = fn.create_accumulator()
-        for i in bundle:
-            accumulator = fn.add_input(accumulator, examples[i])
+        while len(bundle):
+            batch, bundle = np.split(bundle, [int(rng.integers(1, 9))])
+            partials = {key: RunningStats.of_values(np.stack([examples[i][key] for i in batch]))
+                        for key in examples[0]}
+            accumulator = fn.add_input(accumulator, partials)
         accumulators.append(accumulator)
     accumulators.append(fn.create_accumulator())
     while len(accumulators) > 1:
