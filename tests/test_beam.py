@@ -97,6 +97,35 @@ def test_activation_stats_merge_in_any_order_to_the_same_result():
     np.testing.assert_allclose(results[0]["a"]["std"], np.nanstd(a), rtol=1e-9)
 
 
+def test_run_inference_with_the_handler_gives_each_example_its_outputs(tapped):
+    """TappedModelHandler in RunInference, on DirectRunner: each serialized tf.Example's
+    result is {output key: values of that example}, as dumping.Runner.run gives them."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.testing.util import assert_that
+
+    from graphtap.run import dumping
+
+    out, root = tapped
+    count = 5
+    records = [(i, r) for i, (_, r) in
+               enumerate(beam._records(str(root / "images-00000-of-00004.tfrecord")))][:count]
+    expected = dumping.Runner(out, None).run({"image": IMAGES[:count]})
+
+    def equal_to_the_runs(results):
+        assert sorted(i for i, _ in results) == list(range(count))
+        for i, outputs in results:
+            assert sorted(outputs) == sorted(expected)
+            for key, values in outputs.items():
+                np.testing.assert_allclose(values, expected[key][i], rtol=1e-5, atol=1e-6)
+
+    handler = beam.TappedModelHandler(out, features={"image": "pixels"}, max_batch_size=2)
+    with beam_module.Pipeline(options=beam.PipelineOptions(
+            ["--direct_running_mode=in_memory"])) as pipeline:
+        results = (pipeline | beam_module.Create(records)
+                   | RunInference(KeyedModelHandler(handler)))
+        assert_that(results, equal_to_the_runs)
+
+
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 EXPECTED_IDS = [f"images-{s:05d}-of-00004.tfrecord:{i}"
                 for s, part in enumerate(np.array_split(np.arange(EXAMPLES), 4))
