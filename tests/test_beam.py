@@ -55,15 +55,19 @@ def _examples(count, seed):
 
 
 def _combine(fn, examples, rng):
-    """Splits `examples` into shuffled, uneven bundles (some empty), adds each into its own
+    """Splits `examples` into shuffled, uneven bundles (some empty), each into batches of
+    random sizes; adds each batch's partials {key: RunningStats} into its bundle's
     accumulator and merges those in a random tree."""
     order = rng.permutation(len(examples))
     cuts = np.sort(rng.integers(0, len(examples) + 1, size=7))
     accumulators = []
     for bundle in np.split(order, cuts):
         accumulator = fn.create_accumulator()
-        for i in bundle:
-            accumulator = fn.add_input(accumulator, examples[i])
+        while len(bundle):
+            batch, bundle = np.split(bundle, [int(rng.integers(1, 9))])
+            partials = {key: RunningStats.of_values(np.stack([examples[i][key] for i in batch]))
+                        for key in examples[0]}
+            accumulator = fn.add_input(accumulator, partials)
         accumulators.append(accumulator)
     accumulators.append(fn.create_accumulator())
     while len(accumulators) > 1:
@@ -91,6 +95,35 @@ def test_activation_stats_merge_in_any_order_to_the_same_result():
     assert results[0]["a"]["nan_count"] == 1 and results[0]["c"]["count"] == 101
     a = np.stack([e["a"] for e in examples]).astype(np.float64)
     np.testing.assert_allclose(results[0]["a"]["std"], np.nanstd(a), rtol=1e-9)
+
+
+def test_run_inference_with_the_handler_gives_each_example_its_outputs(tapped):
+    """TappedModelHandler in RunInference, on DirectRunner: each serialized tf.Example's
+    result is {output key: values of that example}, as dumping.Runner.run gives them."""
+    from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+    from apache_beam.testing.util import assert_that
+
+    from graphtap.run import dumping
+
+    out, root = tapped
+    count = 5
+    records = [(i, r) for i, (_, r) in
+               enumerate(beam._records(str(root / "images-00000-of-00004.tfrecord")))][:count]
+    expected = dumping.Runner(out, None).run({"image": IMAGES[:count]})
+
+    def equal_to_the_runs(results):
+        assert sorted(i for i, _ in results) == list(range(count))
+        for i, outputs in results:
+            assert sorted(outputs) == sorted(expected)
+            for key, values in outputs.items():
+                np.testing.assert_allclose(values, expected[key][i], rtol=1e-5, atol=1e-6)
+
+    handler = beam.TappedModelHandler(out, features={"image": "pixels"}, max_batch_size=2)
+    with beam_module.Pipeline(options=beam.PipelineOptions(
+            ["--direct_running_mode=in_memory"])) as pipeline:
+        results = (pipeline | beam_module.Create(records)
+                   | RunInference(KeyedModelHandler(handler)))
+        assert_that(results, equal_to_the_runs)
 
 
 TWO_WORKERS = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]

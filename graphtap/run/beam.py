@@ -1,14 +1,17 @@
 """`graphtap dump` as an Apache Beam pipeline (the `beam` extra): TFRecord shards of
-tf.Examples run through a tapped signature on any Beam runner, the statistics combined
-with the same partials and the same merge as the in-process dump (graphtap.run.stats).
+tf.Examples run through a tapped signature on any Beam runner, the statistics computed in
+the graph and merged as in the in-process dump (dumping.Runner.run_partials,
+graphtap.run.stats).
 
     TappedModelHandler  a RunInference ModelHandler: the SavedModel loaded once per
                         worker, {output key: np.ndarray} per example
-    ActivationStats     a CombineFn over those dicts: accumulators are {key: RunningStats},
+    BatchPartials       a DoFn: batches run with the statistics in the graph, one
+                        {key: RunningStats} per batch (and the values per example, tagged)
+    ActivationStats     a CombineFn over those partials: accumulators are {key: RunningStats},
                         merged with RunningStats.merge (associative, in any order)
     NpzSink             a fileio.FileSink: the rows of one file as one npz keyed by example id
-    dump                the pipeline: read shards by glob, run, combine, write stats.json
-                        and, with save="npz", npz files keyed by example id
+    dump                the pipeline: read shards by glob, batch, run, combine, write
+                        stats.json and, with save="npz", npz files keyed by example id
 
 What the launcher reads back (the combined statistics) goes through Beam's FileSystems
 into a work directory that only this run writes to, under the pipeline's --temp_location
@@ -35,9 +38,10 @@ import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+from apache_beam.ml.inference.base import ModelHandler
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.utils import shared
 
 from graphtap import errors
 from graphtap.rewrite import model_io, paths
@@ -89,31 +93,60 @@ class TappedModelHandler(ModelHandler):
         return runner
 
     def run_inference(self, batch, model, inference_args=None):
-        if self._features is not None:
-            try:
-                inputs = {name: value.numpy()
-                          for name, value in model.parse(model.tf.constant(batch)).items()}
-            except model.tf.errors.OpError as error:
-                raise errors.BadInput(f"cannot read tf.Examples: "
-                                       f"{_message(error)}") from None
-        else:
-            inputs = {name: np.stack([example[name] for example in batch]) for name in batch[0]}
-        outputs = model.run(inputs)
+        outputs = model.run(self.inputs(batch, model))
         return [{key: values[i] for key, values in outputs.items()} for i in range(len(batch))]
 
+    def inputs(self, batch, model):
+        """{input name: np.ndarray} of a batch of examples, for `model` (from load_model)."""
+        if self._features is None:
+            return {name: np.stack([example[name] for example in batch]) for name in batch[0]}
+        try:
+            return {name: value.numpy()
+                    for name, value in model.parse(model.tf.constant(batch)).items()}
+        except model.tf.errors.OpError as error:
+            raise errors.BadInput(f"cannot read tf.Examples: {_message(error)}") from None
+
     def batch_elements_kwargs(self):
-        return {"max_batch_size": self._max_batch_size}
+        # Fixed batches, as the single-process dump's (BatchElements' adaptive sizing
+        # starts at 1 and grows: on 512 examples, 47 batches of at most 32 instead of 16).
+        return {"min_batch_size": self._max_batch_size, "max_batch_size": self._max_batch_size}
+
+
+class BatchPartials(beam.DoFn):
+    """Runs batches of (example id, example) through `handler`'s model (loaded once per
+    worker process, as RunInference loads it) with the statistics in the graph
+    (dumping.Runner.run_partials): yields {output key: RunningStats} of each batch, for
+    ActivationStats, and with `keep_values` also (example id, {output key: np.ndarray})
+    per example on the output tagged VALUES."""
+
+    VALUES = "values"
+
+    def __init__(self, handler, keep_values=False):
+        self._handler, self._keep_values = handler, keep_values
+        self._shared = shared.Shared()
+
+    def setup(self):
+        self._model = self._shared.acquire(self._handler.load_model)
+
+    def process(self, batch):
+        ids = [example_id for example_id, _ in batch]
+        inputs = self._handler.inputs([example for _, example in batch], self._model)
+        partials, values = self._model.run_partials(inputs, self._keep_values)
+        yield partials
+        for i, example_id in enumerate(ids if self._keep_values else ()):
+            yield beam.pvalue.TaggedOutput(
+                self.VALUES, (example_id, {key: array[i] for key, array in values.items()}))
 
 
 class ActivationStats(beam.CombineFn):
-    """Statistics of every output key over {key: values of one example} elements."""
+    """Statistics of every output key over {key: RunningStats} elements (the partials of
+    a batch each); the accumulator is of the same kind."""
 
     def create_accumulator(self):
         return {}
 
-    def add_input(self, accumulator, outputs):
-        for key, values in outputs.items():
-            part = RunningStats.of_values(np.asarray(values)[np.newaxis])
+    def add_input(self, accumulator, partials):
+        for key, part in partials.items():
             accumulator.setdefault(key, RunningStats()).merge(part)
         return accumulator
 
@@ -122,8 +155,7 @@ class ActivationStats(beam.CombineFn):
         merged = next(accumulators, None)
         merged = {} if merged is None else merged
         for accumulator in accumulators:
-            for key, stats in accumulator.items():
-                merged.setdefault(key, RunningStats()).merge(stats)
+            merged = self.add_input(merged, accumulator)
         return merged
 
     def extract_output(self, accumulator):
@@ -268,9 +300,8 @@ def dump(model_dir, pattern, features, out_dir, runner=LOCAL_RUNNER, pipeline_ar
         else:
             shipped = FileSystems.join(work, _MODEL)
             model_files = ship_model(model_dir, shipped)
-        handler = KeyedModelHandler(TappedModelHandler(
-            shipped, local.signature_key, tag_set, custom_ops, features, batch_size,
-            model_files))
+        handler = TappedModelHandler(shipped, local.signature_key, tag_set, custom_ops,
+                                     features, batch_size, model_files)
         values_dir = (values_out or staging) if save == "npz" else None
         _run_pipeline(options, files, handler, work, values_dir, pattern)
         combined = _read_stats(work)
@@ -373,19 +404,20 @@ def _run_pipeline(options, files, handler, work, values_dir, pattern):
     `values_dir` is given, the values into it through WriteToFiles."""
     try:
         with beam.Pipeline(options=options) as pipeline:
-            outputs = (pipeline
-                       | "Shards" >> beam.Create(files)
-                       | "Records" >> beam.FlatMap(_records)
-                       | "Spread" >> beam.Reshuffle()
-                       | "Run" >> RunInference(handler))
-            (outputs
-             | "Values" >> beam.Values()
+            run = (pipeline
+                   | "Shards" >> beam.Create(files)
+                   | "Records" >> beam.FlatMap(_records)
+                   | "Spread" >> beam.Reshuffle()
+                   | "Batch" >> beam.BatchElements(**handler.batch_elements_kwargs())
+                   | "Run" >> beam.ParDo(BatchPartials(handler, values_dir is not None))
+                   .with_outputs(BatchPartials.VALUES, main="partials"))
+            (run.partials
              | "Stats" >> beam.CombineGlobally(ActivationStats())
              | "Json" >> beam.Map(json.dumps)
              | "WriteStats" >> beam.io.WriteToText(FileSystems.join(work, _STATS_PART),
                                                    shard_name_template=""))
             if values_dir is not None:
-                outputs | "WriteValues" >> fileio.WriteToFiles(
+                run[BatchPartials.VALUES] | "WriteValues" >> fileio.WriteToFiles(
                     values_dir, file_naming=VALUES_NAMING, sink=NpzSink,
                     # a ValueProvider: WriteToFiles calls .get() on what it is given
                     temp_directory=StaticValueProvider(str, FileSystems.join(work, _VALUES_TEMP)))
