@@ -11,6 +11,16 @@ def run_tf2(model_dir, signature, inputs):
     return {key: value.numpy() for key, value in outputs.items()}
 
 
+def write_examples(path, images, feature="pixels"):
+    """A TFRecord file at `path` of one tf.Example per image: its values, flattened, as
+    the float list `feature`."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for image in images:
+            values = tf.train.Feature(float_list=tf.train.FloatList(value=np.ravel(image)))
+            example = tf.train.Example(features=tf.train.Features(feature={feature: values}))
+            writer.write(example.SerializeToString())
+
+
 def run_tf1(model_dir, signature, inputs, fetch_tensors=(), tags=("serve",)):
     """The TF Serving path: a Session over the SavedModel, fetching SignatureDef tensor
     names. `fetch_tensors` are extra graph tensors to fetch (the original's internals)."""

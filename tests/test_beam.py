@@ -14,9 +14,8 @@ import pytest
 
 beam_module = pytest.importorskip("apache_beam")
 
-import tensorflow as tf  # noqa: E402
 from conftest import child_env  # noqa: E402
-from loaders import run_tf2  # noqa: E402
+from loaders import run_tf2, write_examples  # noqa: E402
 
 import graphtap  # noqa: E402
 from graphtap.run import beam  # noqa: E402
@@ -36,11 +35,7 @@ def tapped(keras_cnn, tmp_path_factory):
     shards = []
     for number, part in enumerate(np.array_split(IMAGES, 4)):
         shard = str(root / f"images-{number:05d}-of-00004.tfrecord")
-        with tf.io.TFRecordWriter(shard) as writer:
-            for image in part:
-                feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
-                example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
-                writer.write(example.SerializeToString())
+        write_examples(shard, part)
         shards.append(shard)
     return out, root
 

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import _load_make_testdata, child_env
-from loaders import run_tf2
+from loaders import run_tf2, write_examples
 
 import graphtap
 from graphtap import errors
@@ -317,14 +317,8 @@ def test_int8_calibrates_on_representative_data(pair, tmp_path):
 
 
 def test_tfrecord_data_gives_the_figures_of_the_same_arrays(pair, tmp_path):
-    import tensorflow as tf
-
     record = str(tmp_path / "images.tfrecord")
-    with tf.io.TFRecordWriter(record) as writer:
-        for image in IMAGES:
-            feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
-            example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
-            writer.write(example.SerializeToString())
+    write_examples(record, IMAGES)
     from_records = graphtap.compare(pair[0], pair[1], graphtap.TFRecord(record,
                                                                         {"image": "pixels"}),
                                     batch_size=10)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import child_env
-from loaders import run_tf2
+from loaders import run_tf2, write_examples
 
 import graphtap
 from graphtap import errors
@@ -198,11 +198,7 @@ def test_untapped_model_and_added_signature(keras_cnn, tapped_cnn, tmp_path):
 def test_tfrecord_of_examples_gives_the_npy_statistics(tapped_cnn, tmp_path):
     _, out, _, _ = tapped_cnn
     record = str(tmp_path / "images.tfrecord")
-    with tf.io.TFRecordWriter(record) as writer:
-        for image in IMAGES:
-            feature = tf.train.Feature(float_list=tf.train.FloatList(value=image.ravel()))
-            example = tf.train.Example(features=tf.train.Features(feature={"pixels": feature}))
-            writer.write(example.SerializeToString())
+    write_examples(record, IMAGES)
     from_records = graphtap.dump(out, graphtap.TFRecord(record, {"image": "pixels"}),
                                  str(tmp_path / "a"), batch_size=8, progress=False)
     from_arrays = graphtap.dump(out, {"image": IMAGES}, str(tmp_path / "b"), batch_size=8,
