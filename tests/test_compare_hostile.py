@@ -263,7 +263,8 @@ def test_int_outputs_are_compared_and_string_outputs_skipped(models, tmp_path):
                               str(tmp_path / "out"), progress=False)
     assert {t.key for t in result.taps} == {"hid", "y", "n"}
     assert all(t.max_abs == 0 for t in result.taps)
-    strict_json(tmp_path / "out" / "compare.json")
+    assert result.not_measured == ["s"]  # the string output: named, not dropped
+    assert strict_json(tmp_path / "out" / "compare.json")["not_measured"] == ["s"]
 
 
 def test_existing_outputs(models, tmp_path):

@@ -127,6 +127,8 @@ def print_comparison(result):
         print(f"only in the model: output {key}")
     for key in result.only_other:
         print(f"only in {result.against}: output {key}")
+    for key in result.not_measured:
+        print(f"not measured (strings): {key}")
     print(f"{result.examples} examples; conversion {result.seconds['convert']:.2f} s, runs "
           f"{result.seconds['run']:.2f} s")
     if result.first_divergence is None:

@@ -79,6 +79,7 @@ class Comparison:
     missing: list  # tap keys the other side lacks
     only_model: list  # output keys only the model has (taps among them are in `missing`)
     only_other: list  # output keys only the other side has
+    not_measured: list  # keys both sides have whose values are strings
     seconds: dict  # {"convert": ..., "run": ...}
 
     def as_json(self):
@@ -86,6 +87,7 @@ class Comparison:
                 "tolerance": self.tolerance, "first_divergence": self.first_divergence,
                 "taps": [t.as_json() for t in self.taps], "missing": self.missing,
                 "only_model": self.only_model, "only_other": self.only_other,
+                "not_measured": self.not_measured,
                 "seconds": self.seconds}
 
 
@@ -141,8 +143,8 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
                             scratch, tag_set, custom_ops)
         converted = time.perf_counter()
         meter = dumping.Progress(dumping.example_count(data, max_examples), progress, "compare")
-        sums, examples, only_model, only_other = _run_both(model, other, data, batch_size,
-                                                           max_examples, meter)
+        sums, strings, examples, only_model, only_other = _run_both(
+            model, other, data, batch_size, max_examples, meter)
         ran = time.perf_counter()
     order = graph_order(model_dir, model.signature_key, tag_set)
     tap_keys = {r["key"] for r in records}
@@ -152,7 +154,7 @@ def compare(model_dir, against, data, out_dir=None, signature=None, batch_size=6
     first = next((t.key for t in taps if not t.within_tolerance), None)
     result = Comparison(model_dir, against, examples, tolerance, taps, first,
                         sorted(tap_keys & set(only_model)), sorted(only_model),
-                        sorted(only_other),
+                        sorted(only_other), sorted(strings),
                         {"convert": converted - start, "run": ran - converted})
     if out_dir is not None:
         with model_io.staged_directory(out_dir, overwrite, RESULT_FILE, inputs) as staging:
@@ -265,7 +267,9 @@ def _ratio(numerator, denominator):
 
 
 def _run_both(model, other, data, batch_size, max_examples, meter):
-    sums = {}
+    """Runs both sides batch by batch: ({key: _Sums}, keys of strings (not measured),
+    examples, output keys of the model only, of the other side only)."""
+    sums, strings = {}, set()
     examples = 0
     only_model = only_other = None
     for batch in dumping.stream_batches(data, batch_size, max_examples, model.specs):
@@ -276,7 +280,8 @@ def _run_both(model, other, data, batch_size, max_examples, meter):
             only_model = sorted(set(ours) - set(theirs))
             only_other = sorted(set(theirs) - set(ours))
         for key in ours.keys() & theirs.keys():
-            if ours[key].dtype == object:  # strings: nothing to measure
+            if ours[key].dtype == object:
+                strings.add(key)
                 continue
             sums.setdefault(key, _Sums()).add(ours[key], theirs[key])
         count = dumping.batch_length(batch)
@@ -285,7 +290,7 @@ def _run_both(model, other, data, batch_size, max_examples, meter):
     meter.done()
     if not examples:
         raise errors.BadInput("no examples to run", model.model_dir)
-    return sums, examples, only_model, only_other
+    return sums, strings, examples, only_model, only_other
 
 
 # The other side: an object whose run(batch) returns {output key: array}.
