@@ -6,9 +6,11 @@ Both sides run one batch at a time and only running sums are kept per key, so me
 bounded by one batch. The sums are taken over cache-sized chunks in float32 (BLAS) where
 both sides' values are exact in float32, and added up in float64: every figure is within
 about 1e-6 of float64's, at a third of the cost (a float64 pass over each activation cost
-more than running MobileNetV2 itself). The graph order is the longest-path depth of each tapped
-tensor in the data flow of the signature, with every function call on a tap's call path
-expanded into its body (see graph_order).
+more than running MobileNetV2 itself).
+
+The graph order is the longest-path depth of each tapped tensor in the data flow of the
+signature, with every function call on a tap's call path expanded into its body (see
+graph_order).
 """
 
 import collections
