@@ -137,6 +137,17 @@ def print_comparison(result):
         print(f"first divergence: {result.first_divergence} (rel l2 > {result.tolerance:g})")
 
 
+def _read_npz(path):
+    """{name: array} of every member of the .npz at `path`, read whole (a zip's members
+    cannot be memory-mapped)."""
+    source_files.check_regular(path)
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except (OSError, ValueError) as error:
+        raise errors.GraphtapError(f"cannot read input: {error}", path) from None
+
+
 def _streamed_data(f):
     """The data of dump and compare, from --inputs, --inputs_npz or --tfrecord."""
     sources = [bool(f.inputs), bool(f.inputs_npz), bool(f.tfrecord)]
@@ -145,13 +156,8 @@ def _streamed_data(f):
     if f.tfrecord:
         data = graphtap.TFRecord(f.tfrecord, _features(f))
     elif f.inputs_npz:
-        source_files.check_regular(f.inputs_npz)
         paths.check_not_inside(f.inputs_npz, f.out)  # read whole: dump sees no path
-        try:
-            with np.load(f.inputs_npz) as archive:  # members are read whole: no mmap in zips
-                data = {name: archive[name] for name in archive.files}
-        except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
+        data = _read_npz(f.inputs_npz)
     else:
         data = _named_arrays(f, graphtap.NpyFile)  # read a batch at a time
     return data
@@ -186,12 +192,7 @@ def _verify(f):
     require(f, "tapped")
     inputs = _named_arrays(f, np.load)
     if f.inputs_npz:
-        source_files.check_regular(f.inputs_npz)
-        try:
-            with np.load(f.inputs_npz) as archive:
-                inputs.update({name: archive[name] for name in archive.files})
-        except (OSError, ValueError) as error:
-            raise errors.GraphtapError(f"cannot read input: {error}", f.inputs_npz) from None
+        inputs.update(_read_npz(f.inputs_npz))
     result = verify(f.original, f.tapped, inputs, runs=f.runs, tag_set=f.tag_set,
                     custom_ops=f.custom_ops)
     rows = [(c.path, c.signature, c.key, "tap" if c.is_tap else "original", shape(c.shape),
